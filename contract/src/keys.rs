@@ -1,0 +1,76 @@
+//! Every Redis key sluice reads or writes, under one configurable prefix (`KEY_PREFIX`).
+
+/// Builds key names under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (default `sluice`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    /// The prefix itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `{prefix}:result:{id}`: one hash per finished message.
+    pub fn result(&self, id: &str) -> String {
+        format!("{}:result:{id}", self.prefix)
+    }
+
+    /// `{prefix}:results`: the stream of finished messages.
+    pub fn results_stream(&self) -> String {
+        format!("{}:results", self.prefix)
+    }
+
+    /// `{prefix}:batch:{batch_id}`: the batch's state hash.
+    pub fn batch(&self, batch_id: &str) -> String {
+        format!("{}:batch:{batch_id}", self.prefix)
+    }
+
+    /// `{prefix}:batch:{batch_id}:messages`: the staged messages, a list of [`crate::StagedMessage`] frames.
+    pub fn batch_messages(&self, batch_id: &str) -> String {
+        format!("{}:batch:{batch_id}:messages", self.prefix)
+    }
+
+    /// `{prefix}:batches:open`: ids of batches staged but not yet finished, for recovery and status.
+    pub fn open_batches(&self) -> String {
+        format!("{}:batches:open", self.prefix)
+    }
+
+    /// `{prefix}:dead`: envelopes given up on.
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
+
+    /// `{prefix}:stats`: counters (received, batches, ok, error, dead).
+    pub fn stats(&self) -> String {
+        format!("{}:stats", self.prefix)
+    }
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new("sluice")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_contract() {
+        let k = Keys::new("p");
+        assert_eq!(k.result("a:b c"), "p:result:a:b c");
+        assert_eq!(k.results_stream(), "p:results");
+        assert_eq!(k.batch("b1"), "p:batch:b1");
+        assert_eq!(k.batch_messages("b1"), "p:batch:b1:messages");
+        assert_eq!(k.dead(), "p:dead");
+        assert_eq!(k.stats(), "p:stats");
+    }
+}

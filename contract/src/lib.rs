@@ -1,0 +1,24 @@
+//! The public contract between sluice's producers, dispatcher, runner and users.
+//!
+//! Everything here is described in `CONTRACT.md`/`README.md` and shared by both binaries, so
+//! the dispatcher and the runner can never disagree on a key name, a frame layout or an
+//! environment variable.
+//!
+//! # Layout
+//! - [`envelope`]: the message body producers send, and how a message id is chosen.
+//! - [`staged`]: the frame a delivery is stored as while its batch waits in Redis.
+//! - [`keys`]: every Redis key name.
+//! - [`record`]: the result record users read back, and batch states.
+//! - [`runner_env`]: the runner's environment, produced by the dispatcher, read by the runner.
+
+pub mod envelope;
+pub mod keys;
+pub mod record;
+pub mod runner_env;
+pub mod staged;
+
+pub use envelope::{Envelope, EnvelopeError};
+pub use keys::Keys;
+pub use record::{BatchState, ResultRecord, Status};
+pub use runner_env::RunnerEnv;
+pub use staged::StagedMessage;
