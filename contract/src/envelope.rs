@@ -42,7 +42,7 @@ pub enum EnvelopeError {
     /// The body looks like JSON but does not parse.
     #[error("message body is not valid JSON: {reason}")]
     InvalidJson {
-        /// serde_json's description, with line and column.
+        /// The JSON parser's description, with line and column.
         reason: String,
     },
     /// The body is valid JSON but not an object.
@@ -82,28 +82,44 @@ impl Envelope {
             return Err(EnvelopeError::Empty);
         }
         if body.len() > max_bytes {
-            return Err(EnvelopeError::TooLarge { size: body.len(), limit: max_bytes });
+            return Err(EnvelopeError::TooLarge {
+                size: body.len(),
+                limit: max_bytes,
+            });
         }
-        let text = std::str::from_utf8(body)
-            .map_err(|e| EnvelopeError::InvalidUtf8 { offset: e.valid_up_to() })?;
+        let text = std::str::from_utf8(body).map_err(|e| EnvelopeError::InvalidUtf8 {
+            offset: e.valid_up_to(),
+        })?;
         let trimmed = text.trim_start();
         if trimmed.starts_with('{') {
-            let value: Value = serde_json::from_str(text)
-                .map_err(|e| EnvelopeError::InvalidJson { reason: e.to_string() })?;
+            let value: Value =
+                serde_json::from_str(text).map_err(|e| EnvelopeError::InvalidJson {
+                    reason: e.to_string(),
+                })?;
             return Self::from_object(value);
         }
         match serde_json::from_str::<Value>(text) {
-            Ok(value) => Err(EnvelopeError::NotAnObject { found: json_type(&value) }),
+            Ok(value) => Err(EnvelopeError::NotAnObject {
+                found: json_type(&value),
+            }),
             Err(e) if trimmed.starts_with('[') || trimmed.starts_with('"') => {
-                Err(EnvelopeError::InvalidJson { reason: e.to_string() })
+                Err(EnvelopeError::InvalidJson {
+                    reason: e.to_string(),
+                })
             }
-            Err(_) => Ok(Self { id: None, kernel: None, input: Value::String(text.to_owned()) }),
+            Err(_) => Ok(Self {
+                id: None,
+                kernel: None,
+                input: Value::String(text.to_owned()),
+            }),
         }
     }
 
     fn from_object(value: Value) -> Result<Self, EnvelopeError> {
         let Value::Object(mut map) = value else {
-            return Err(EnvelopeError::NotAnObject { found: json_type(&value) });
+            return Err(EnvelopeError::NotAnObject {
+                found: json_type(&value),
+            });
         };
         let id = optional_string(map.remove("id"), "id")?;
         if let Some(id) = &id {
@@ -137,7 +153,10 @@ pub fn resolve_id<'a>(
     envelope_id: Option<&'a str>,
     fallback: &'a str,
 ) -> &'a str {
-    message_id.filter(|id| validate_id(id).is_ok()).or(envelope_id).unwrap_or(fallback)
+    message_id
+        .filter(|id| validate_id(id).is_ok())
+        .or(envelope_id)
+        .unwrap_or(fallback)
 }
 
 /// Checks that an id is safe to embed in Redis keys and stream entries.
@@ -155,7 +174,10 @@ pub fn validate_id(id: &str) -> Result<(), EnvelopeError> {
     Err(EnvelopeError::InvalidId { id: shown, reason })
 }
 
-fn optional_string(value: Option<Value>, field: &'static str) -> Result<Option<String>, EnvelopeError> {
+fn optional_string(
+    value: Option<Value>,
+    field: &'static str,
+) -> Result<Option<String>, EnvelopeError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -197,12 +219,24 @@ mod tests {
     #[test]
     fn plain_text_goes_to_the_default_kernel_as_a_string() {
         let env = Envelope::decode(b"Hello World!", MAX).unwrap();
-        assert_eq!(env, Envelope { id: None, kernel: None, input: json!("Hello World!") });
+        assert_eq!(
+            env,
+            Envelope {
+                id: None,
+                kernel: None,
+                input: json!("Hello World!")
+            }
+        );
     }
 
     #[test]
     fn json_that_is_not_an_object_is_rejected() {
-        for (body, found) in [("[1,2]", "an array"), ("42", "a number"), ("\"s\"", "a string"), ("null", "null")] {
+        for (body, found) in [
+            ("[1,2]", "an array"),
+            ("42", "a number"),
+            ("\"s\"", "a string"),
+            ("null", "null"),
+        ] {
             let err = Envelope::decode(body.as_bytes(), MAX).unwrap_err();
             assert_eq!(err, EnvelopeError::NotAnObject { found }, "{body}");
         }
@@ -212,7 +246,10 @@ mod tests {
     fn broken_json_is_an_error_not_plain_text() {
         for body in [r#"{"id": "#, "[1,", r#""open"#] {
             let err = Envelope::decode(body.as_bytes(), MAX).unwrap_err();
-            assert!(matches!(err, EnvelopeError::InvalidJson { .. }), "{body}: {err}");
+            assert!(
+                matches!(err, EnvelopeError::InvalidJson { .. }),
+                "{body}: {err}"
+            );
         }
     }
 
@@ -232,7 +269,10 @@ mod tests {
     #[test]
     fn wrong_typed_fields_are_named() {
         let err = Envelope::decode(br#"{"kernel": 7}"#, MAX).unwrap_err();
-        assert_eq!(err.to_string(), "envelope field `kernel` must be a string, got a number");
+        assert_eq!(
+            err.to_string(),
+            "envelope field `kernel` must be a string, got a number"
+        );
     }
 
     #[test]
@@ -259,7 +299,10 @@ mod tests {
 
     #[test]
     fn id_hint_reads_the_id_of_an_otherwise_invalid_envelope() {
-        assert_eq!(Envelope::id_hint(br#"{"id":"x","kernel":5}"#).as_deref(), Some("x"));
+        assert_eq!(
+            Envelope::id_hint(br#"{"id":"x","kernel":5}"#).as_deref(),
+            Some("x")
+        );
         assert_eq!(Envelope::id_hint(b"plain"), None);
     }
 }

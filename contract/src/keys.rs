@@ -9,7 +9,9 @@ pub struct Keys {
 impl Keys {
     /// Keys under `prefix` (default `sluice`).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
 
     /// The prefix itself.

@@ -52,7 +52,11 @@ pub struct ResultRecord {
 impl ResultRecord {
     /// The hash fields in the contract's names.
     pub fn fields(&self) -> [(&'static str, String); 6] {
-        let detail_field = if self.status == Status::Ok { "output" } else { "error" };
+        let detail_field = if self.status == Status::Ok {
+            "output"
+        } else {
+            "error"
+        };
         [
             ("status", self.status.as_str().to_owned()),
             (detail_field, self.detail.clone()),
@@ -60,6 +64,64 @@ impl ResultRecord {
             ("batch", self.batch.clone()),
             ("duration_us", self.duration_us.to_string()),
             ("finished_at", self.finished_at.to_string()),
+        ]
+    }
+}
+
+/// Writes one result exactly once: if the result hash already exists (a redelivery, a Job
+/// retry, two runners racing on one batch) nothing is written, counted or streamed.
+///
+/// KEYS: result hash, results stream, stats hash, batch hash.
+/// ARGV: ttl seconds (0 = keep), stream maxlen, id, status, detail field, detail, kernel,
+/// batch, `duration_us`, `finished_at`. Returns 1 when written, 0 when it already existed.
+pub const WRITE_RESULT_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[4], ARGV[5], ARGV[6], 'kernel', ARGV[7],
+  'batch', ARGV[8], 'duration_us', ARGV[9], 'finished_at', ARGV[10])
+local ttl = tonumber(ARGV[1])
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'id', ARGV[3], 'status', ARGV[4])
+redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+if ARGV[4] == 'ok' then
+  redis.call('HINCRBY', KEYS[4], 'ok', 1)
+else
+  redis.call('HINCRBY', KEYS[4], 'errors', 1)
+end
+return 1
+";
+
+impl ResultRecord {
+    /// The KEYS of [`WRITE_RESULT_LUA`] for this record.
+    pub fn script_keys(&self, keys: &crate::Keys) -> [String; 4] {
+        [
+            keys.result(&self.id),
+            keys.results_stream(),
+            keys.stats(),
+            keys.batch(&self.batch),
+        ]
+    }
+
+    /// The ARGV of [`WRITE_RESULT_LUA`] for this record.
+    pub fn script_args(&self, ttl_seconds: u64, stream_maxlen: u64) -> [String; 10] {
+        let [
+            (_, status),
+            (detail_field, detail),
+            (_, kernel),
+            (_, batch),
+            (_, dur),
+            (_, fin),
+        ] = self.fields();
+        [
+            ttl_seconds.to_string(),
+            stream_maxlen.to_string(),
+            self.id.clone(),
+            status,
+            detail_field.to_owned(),
+            detail,
+            kernel,
+            batch,
+            dur,
+            fin,
         ]
     }
 }
@@ -81,7 +143,13 @@ pub enum BatchState {
 
 impl BatchState {
     /// Every state, in life order.
-    pub const ALL: [Self; 5] = [Self::Staged, Self::Running, Self::Succeeded, Self::Failed, Self::Split];
+    pub const ALL: [Self; 5] = [
+        Self::Staged,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Split,
+    ];
 
     /// The string stored in Redis.
     pub fn as_str(self) -> &'static str {

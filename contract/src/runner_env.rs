@@ -24,8 +24,9 @@ pub const DEFAULT_KERNEL: &str = "modsum";
 pub const DEFAULT_RESULTS_MAXLEN: u64 = 100_000;
 
 /// The settings the dispatcher hands to every runner (besides the Redis URL).
+///
+/// Field names are the variables' names in lower case, as envy matches them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct RunnerEnv {
     /// The batch to process.
     pub batch_id: String,
@@ -90,9 +91,18 @@ mod tests {
             default_kernel: "echo".into(),
             results_maxlen: 3,
         };
-        let mut written: Vec<&str> = env.to_vars().into_iter().map(|(name, _)| name).collect();
+        let mut written: Vec<String> = env
+            .to_vars()
+            .into_iter()
+            .map(|(name, _)| name.to_lowercase())
+            .collect();
         let json = serde_json::to_value(&env).unwrap();
-        let mut read: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut read: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         written.sort_unstable();
         read.sort_unstable();
         assert_eq!(written, read);

@@ -46,8 +46,8 @@ impl StagedMessage {
             .iter()
             .position(|&b| b == b'\n')
             .ok_or_else(|| FrameError("no header line".into()))?;
-        let mut message: Self = serde_json::from_slice(&frame[..split])
-            .map_err(|e| FrameError(e.to_string()))?;
+        let mut message: Self =
+            serde_json::from_slice(&frame[..split]).map_err(|e| FrameError(e.to_string()))?;
         message.body = frame[split + 1..].to_vec();
         Ok(message)
     }

@@ -1,1 +1,124 @@
-//! stub
+//! # sluice runner
+//!
+//! The container of every sluice Job: it loads the batch named by `BATCH_ID` from Redis, runs
+//! its messages in parallel with rayon-parallel kernels, writes each result once, marks the
+//! batch finished and exits. Exit 0 means every message has a result (ok or error); any other
+//! code makes the Job retry, and a retry skips the messages already done.
+//!
+//! # Layout
+//! - [`config`]: the environment, read with envy.
+//! - [`store`]: the Redis connection, with reconnects and backoff.
+//! - [`batch`]: loading the staged batch and planning one task per distinct message id.
+//! - [`execute`]: running tasks on the rayon pool, panics caught per message.
+//! - [`kernel`]: `modsum`, `pow`, `primes`, `echo` and the test kernels.
+//! - [`sink`]: writing results in pipelined chunks through the write-once script.
+//! - [`error`]: the error type and its exit codes.
+
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod execute;
+pub mod kernel;
+pub mod sink;
+pub mod store;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+use sink::{ResultSink, Tally};
+use sluice_contract::record::unix_millis;
+use sluice_contract::{BatchState, Keys, ResultRecord};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::Duration;
+use store::Store;
+
+/// What one run did with its batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Messages (distinct ids) in the batch.
+    pub messages: usize,
+    /// Messages skipped because they already had a result.
+    pub skipped: usize,
+    /// Frames dropped as repeats of an id earlier in the batch.
+    pub duplicates: usize,
+    /// Frames that could not be decoded.
+    pub corrupt: usize,
+    /// What was written.
+    pub written: Tally,
+}
+
+/// Processes the configured batch to the end.
+#[tracing::instrument(skip_all, fields(batch = %config.env.batch_id))]
+pub fn run(config: &Config) -> Result<Summary> {
+    let env = &config.env;
+    let keys = Keys::new(&env.key_prefix);
+    let mut store = Store::new(&config.redis_url, config.redis_retry)?;
+
+    let frames = batch::load(&mut store, &keys, &env.batch_id)?;
+    let mut plan = batch::plan(&frames, env);
+    drop(frames);
+    let messages = plan.tasks.len();
+    let skipped = batch::skip_done(&mut store, &keys, &mut plan.tasks)?;
+    tracing::info!(
+        messages,
+        skipped,
+        duplicates = plan.duplicates,
+        "batch loaded"
+    );
+
+    let mut sink = ResultSink::new(
+        &mut store,
+        &keys,
+        env.result_ttl_seconds,
+        env.results_maxlen,
+        config.result_chunk,
+    );
+    let (tx, rx) = mpsc::channel();
+    let tasks = std::mem::take(&mut plan.tasks);
+    let written = std::thread::scope(|scope| {
+        scope.spawn(move || execute::run_all(tasks, &env.batch_id, config.test_kernels, &tx));
+        write_as_completed(&rx, &mut sink, config.flush_interval)
+    })?;
+    mark_finished(&mut store, &keys, &env.batch_id)?;
+
+    let summary = Summary {
+        messages,
+        skipped,
+        duplicates: plan.duplicates,
+        corrupt: plan.corrupt,
+        written,
+    };
+    tracing::info!(?summary, "batch finished");
+    Ok(summary)
+}
+
+/// Writes results as they arrive: a full chunk at once, a partial one after `flush_interval`.
+fn write_as_completed(
+    rx: &Receiver<ResultRecord>,
+    sink: &mut ResultSink<'_>,
+    flush_interval: Duration,
+) -> Result<Tally> {
+    loop {
+        match rx.recv_timeout(flush_interval) {
+            Ok(record) => sink.push(record)?,
+            Err(RecvTimeoutError::Timeout) => sink.flush()?,
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    sink.flush()?;
+    Ok(sink.tally)
+}
+
+fn mark_finished(store: &mut Store, keys: &Keys, batch_id: &str) -> Result<()> {
+    let key = keys.batch(batch_id);
+    let now = unix_millis();
+    store.call("marking the batch finished", |con| {
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg("state")
+            .arg(BatchState::Succeeded.as_str())
+            .arg("finished_at")
+            .arg(now)
+            .query::<()>(con)
+    })
+}

@@ -1,0 +1,104 @@
+//! Running tasks: each message on the rayon pool, panics caught per message.
+
+use crate::batch::Task;
+use crate::kernel;
+use rayon::prelude::*;
+use sluice_contract::record::unix_millis;
+use sluice_contract::{ResultRecord, Status};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+/// Runs every task in parallel, sending each result as soon as it is ready.
+pub fn run_all(tasks: Vec<Task>, batch: &str, test_kernels: bool, results: &Sender<ResultRecord>) {
+    // A closed receiver means the writer gave up and the process will exit non-zero:
+    // stop starting new work rather than compute results nobody will write.
+    let _ = tasks
+        .into_par_iter()
+        .try_for_each_with(results.clone(), |tx, task| {
+            tx.send(run_one(task, batch, test_kernels))
+        });
+}
+
+/// Runs one task into its result record. Never panics.
+pub fn run_one(task: Task, batch: &str, test_kernels: bool) -> ResultRecord {
+    let started = Instant::now();
+    let outcome = match task.work {
+        Err(reason) => Err(reason),
+        Ok(input) => {
+            let kernel_name = task.kernel.as_str();
+            match catch_unwind(AssertUnwindSafe(|| {
+                kernel::run(kernel_name, input, test_kernels)
+            })) {
+                Ok(Ok(output)) => Ok(output.to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(panic) => Err(format!(
+                    "kernel {kernel_name} panicked: {}",
+                    panic_text(&*panic)
+                )),
+            }
+        }
+    };
+    let (status, detail) = match outcome {
+        Ok(output) => (Status::Ok, output),
+        Err(reason) => (Status::Error, reason),
+    };
+    ResultRecord {
+        id: task.id,
+        status,
+        detail,
+        kernel: task.kernel,
+        batch: batch.to_owned(),
+        duration_us: started.elapsed().as_micros() as u64,
+        finished_at: unix_millis(),
+    }
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn task(kernel: &str, input: serde_json::Value) -> Task {
+        Task {
+            id: "x".into(),
+            kernel: kernel.into(),
+            work: Ok(input),
+        }
+    }
+
+    #[test]
+    fn ok_results_carry_the_output_as_json() {
+        let r = run_one(task("echo", json!({"a": [1]})), "b", false);
+        assert_eq!((r.status, r.detail.as_str()), (Status::Ok, r#"{"a":[1]}"#));
+    }
+
+    #[test]
+    fn a_kernel_panic_is_an_error_result() {
+        let r = run_one(task("panic", json!(null)), "b", true);
+        assert_eq!(r.status, Status::Error);
+        assert!(r.detail.contains("panicked on purpose"), "{}", r.detail);
+    }
+
+    #[test]
+    fn invalid_tasks_keep_their_reason() {
+        let t = Task {
+            id: "x".into(),
+            kernel: String::new(),
+            work: Err("empty message body".into()),
+        };
+        let r = run_one(t, "b", false);
+        assert_eq!(
+            (r.status, r.detail.as_str()),
+            (Status::Error, "empty message body")
+        );
+    }
+}

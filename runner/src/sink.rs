@@ -1,0 +1,95 @@
+//! Writing results: chunks of write-once Lua calls, one Redis round trip per chunk.
+
+use crate::error::Result;
+use crate::store::Store;
+use sluice_contract::record::WRITE_RESULT_LUA;
+use sluice_contract::{Keys, ResultRecord, Status};
+
+/// Buffers results and writes them a chunk at a time.
+pub struct ResultSink<'a> {
+    store: &'a mut Store,
+    keys: &'a Keys,
+    ttl_seconds: u64,
+    stream_maxlen: u64,
+    chunk: usize,
+    pending: Vec<ResultRecord>,
+    /// Counts of what was written (results that already existed are not counted).
+    pub tally: Tally,
+}
+
+/// What a sink wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// New `ok` results.
+    pub ok: usize,
+    /// New `error` results.
+    pub errors: usize,
+    /// Results another writer had already written.
+    pub already_written: usize,
+}
+
+impl<'a> ResultSink<'a> {
+    /// A sink writing `chunk` results per round trip.
+    pub fn new(
+        store: &'a mut Store,
+        keys: &'a Keys,
+        ttl_seconds: u64,
+        stream_maxlen: u64,
+        chunk: usize,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            ttl_seconds,
+            stream_maxlen,
+            chunk,
+            pending: Vec::new(),
+            tally: Tally::default(),
+        }
+    }
+
+    /// Queues a result, writing the chunk once it is full.
+    pub fn push(&mut self, record: ResultRecord) -> Result<()> {
+        self.pending.push(record);
+        if self.pending.len() >= self.chunk {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Whether results are waiting to be written.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes every queued result.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let (keys, ttl, maxlen, pending) = (
+            self.keys,
+            self.ttl_seconds,
+            self.stream_maxlen,
+            &self.pending,
+        );
+        let written: Vec<i64> = self.store.call("writing results", |con| {
+            let mut pipe = redis::pipe();
+            for record in pending {
+                pipe.cmd("EVAL").arg(WRITE_RESULT_LUA).arg(4);
+                pipe.arg(&record.script_keys(keys)[..])
+                    .arg(&record.script_args(ttl, maxlen)[..]);
+            }
+            pipe.query(con)
+        })?;
+        for (record, was_written) in pending.iter().zip(written) {
+            match (was_written == 1, record.status) {
+                (false, _) => self.tally.already_written += 1,
+                (true, Status::Ok) => self.tally.ok += 1,
+                (true, _) => self.tally.errors += 1,
+            }
+        }
+        self.pending.clear();
+        Ok(())
+    }
+}
