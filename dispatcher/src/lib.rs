@@ -1,1 +1,35 @@
-//! stub
+//! # sluice dispatcher
+//!
+//! Drains a RabbitMQ queue in batches, stages each batch in Redis and launches one Job per
+//! batch, never more than `MAX_JOBS_IN_FLIGHT` at once. A message goes, in file order:
+//!
+//! # Layout
+//! - [`consumer`]: RabbitMQ connection, prefetch, manual acks; a delivery becomes a staged frame.
+//! - [`batcher`]: closes batches on count, bytes or linger.
+//! - [`stage`]: stores the batch in Redis atomically and records its state.
+//! - [`job`]: the typed Kubernetes Job for the batch.
+//! - [`launcher`]: starts the Job (`local`: a child process) and reports its outcome.
+//! - [`settle`]: records the outcome; dead-letters messages of a failed Job.
+//! - [`serve`]: the loop tying these together, recovery of open batches, graceful shutdown.
+//!
+//! Around them: [`config`] (environment), [`error`], [`retry`] (backoff), [`metrics`]
+//! (Prometheus and health endpoints), [`shutdown`] (signals), and the [`publish`] and
+//! [`status`] commands.
+
+pub mod batcher;
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod job;
+pub mod launcher;
+pub mod metrics;
+pub mod publish;
+pub mod retry;
+pub mod serve;
+pub mod settle;
+pub mod shutdown;
+pub mod stage;
+pub mod status;
+
+pub use config::Config;
+pub use error::{Error, Result};

@@ -1,1 +1,132 @@
-fn main() {}
+//! The `dispatcher` binary: `serve` (default), `publish`, `status`, `render-job`.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sluice_dispatcher::publish::{Source, publish};
+use sluice_dispatcher::{Config, job, metrics, serve, shutdown, status};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::BufReader;
+
+/// sluice's dispatcher: RabbitMQ batches in, one Job per batch out.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run until SIGTERM/SIGINT, then finish in-flight work and exit 0 (the default).
+    Serve,
+    /// Push messages: COUNT generated envelopes, or JSON lines from --file (`-` for stdin).
+    Publish {
+        /// How many messages to generate.
+        #[arg(short = 'n', long, default_value_t = 100, conflicts_with = "file")]
+        count: u64,
+        /// Kernel of generated messages.
+        #[arg(short, long, default_value = "modsum")]
+        kernel: String,
+        /// Input of generated messages, as JSON (default: the kernel's defaults).
+        #[arg(short, long)]
+        input: Option<String>,
+        /// Ids of generated messages are PREFIX-0, PREFIX-1, …
+        #[arg(long, default_value = "msg")]
+        id_prefix: String,
+        /// Publish each line of this file (or `-` for stdin) as one message.
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+    },
+    /// Show queue depth, batches by state, Jobs in flight and result counts.
+    Status,
+    /// Print the Job the dispatcher would create for a batch, as YAML.
+    RenderJob {
+        /// The batch id to render the Job for.
+        #[arg(long, default_value = "example")]
+        batch_id: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let config = Config::from_env().context("reading the environment")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => run_server(config).await,
+        Command::Publish {
+            count,
+            kernel,
+            input,
+            id_prefix,
+            file,
+        } => {
+            let source: Source<Box<dyn tokio::io::AsyncBufRead + Unpin>> = match file {
+                Some(path) if path.as_os_str() == "-" => {
+                    Source::Lines(Box::new(BufReader::new(tokio::io::stdin())))
+                }
+                Some(path) => {
+                    let file = tokio::fs::File::open(&path)
+                        .await
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    Source::Lines(Box::new(BufReader::new(file)))
+                }
+                None => {
+                    let input = input
+                        .as_deref()
+                        .map(serde_json::from_str)
+                        .transpose()
+                        .context("--input is not JSON")?;
+                    Source::Generated {
+                        count,
+                        kernel,
+                        input: input.unwrap_or(serde_json::Value::Null),
+                        id_prefix,
+                    }
+                }
+            };
+            let published = publish(&config.amqp_url, &config.queue, source).await?;
+            println!("published {published} message(s) to queue {}", config.queue);
+            Ok(())
+        }
+        Command::Status => {
+            print!("{}", status::report(&config).await?);
+            Ok(())
+        }
+        Command::RenderJob { batch_id } => {
+            print!(
+                "{}",
+                serde_yaml_ng::to_string(&job::build(&config, &batch_id))?
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn run_server(config: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal();
+    let metrics = Arc::new(metrics::Metrics::new());
+    let server = (!config.metrics_addr.is_empty()).then(|| {
+        let (addr, metrics, token) = (
+            config.metrics_addr.clone(),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move { metrics::serve(&addr, metrics, token).await })
+    });
+    let summary = serve::run(config, metrics, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(server) = server {
+        server.await.context("metrics server task")??;
+    }
+    summary?;
+    Ok(())
+}

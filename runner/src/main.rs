@@ -9,6 +9,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Kernel panics are caught and recorded as error results; log them once, briefly.
     std::panic::set_hook(Box::new(|info| tracing::warn!(%info, "kernel panicked")));

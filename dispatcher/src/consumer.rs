@@ -1,0 +1,129 @@
+//! The RabbitMQ side: one connection and channel with manual acks and a bounded prefetch.
+//!
+//! The prefetch is what keeps a burst in RabbitMQ: the broker sends at most `prefetch`
+//! unacked deliveries, and the dispatcher acks a batch only once its Job is launched.
+
+use crate::batcher::Weighed;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use sluice_contract::StagedMessage;
+
+/// A live consumer's connection and channel; its deliveries come as a separate stream.
+pub struct Consumer {
+    connection: Connection,
+    /// The channel deliveries arrive on; acks must go through it.
+    channel: Channel,
+}
+
+/// A delivery reduced to what staging needs: its tag, for the ack, and its staged frame.
+#[derive(Debug)]
+pub struct Pending {
+    /// The delivery tag on this consumer's channel.
+    pub tag: u64,
+    /// The frame stored in Redis.
+    pub frame: Vec<u8>,
+}
+
+impl Pending {
+    /// Converts a delivery, dropping a body over `max_message_bytes` (its size is kept, so the
+    /// runner can answer it with an error result without the body ever reaching Redis).
+    pub fn new(delivery: lapin::message::Delivery, max_message_bytes: usize) -> Self {
+        let size = delivery.data.len();
+        let oversized = size > max_message_bytes;
+        let message = StagedMessage {
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned()),
+            fallback_id: uuid::Uuid::now_v7().to_string(),
+            dropped_size: oversized.then_some(size),
+            body: if oversized { Vec::new() } else { delivery.data },
+        };
+        Self {
+            tag: delivery.delivery_tag,
+            frame: message.encode(),
+        }
+    }
+}
+
+impl Weighed for Pending {
+    fn bytes(&self) -> usize {
+        self.frame.len()
+    }
+}
+
+/// Opens a connection (named after the dispatcher, so operators see it in RabbitMQ).
+pub async fn connect(url: &str, name: &str) -> Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties)
+        .await
+        .map_err(Error::amqp("connecting to rabbitmq"))
+}
+
+/// Declares the durable work queue, as producers may also do with the same arguments.
+pub async fn declare_queue(channel: &Channel, queue: &str) -> Result<lapin::Queue> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(Error::amqp("declaring the queue"))
+}
+
+impl Consumer {
+    /// Connects, declares the queue, sets the prefetch and starts consuming.
+    pub async fn start(config: &Config) -> Result<(Self, lapin::Consumer)> {
+        let connection = connect(&config.amqp_url, "sluice-dispatcher").await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(Error::amqp("opening a channel"))?;
+        channel
+            .basic_qos(config.prefetch(), BasicQosOptions::default())
+            .await
+            .map_err(Error::amqp("setting the prefetch"))?;
+        declare_queue(&channel, &config.queue).await?;
+        let stream = channel
+            .basic_consume(
+                config.queue.as_str().into(),
+                "sluice-dispatcher".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::amqp("starting the consumer"))?;
+        Ok((
+            Self {
+                connection,
+                channel,
+            },
+            stream,
+        ))
+    }
+
+    /// Acks every delivery up to and including `tag`. Batches are staged and launched in
+    /// delivery order on this one channel, so `multiple` acks exactly the closed batch.
+    pub async fn ack_through(&self, tag: u64) -> Result<()> {
+        self.channel
+            .basic_ack(tag, BasicAckOptions { multiple: true })
+            .await
+            .map_err(Error::amqp("acking a batch"))
+    }
+
+    /// Closes the connection; the broker requeues every unacked delivery.
+    pub async fn close(self) {
+        if let Err(e) = self
+            .connection
+            .close(200, "dispatcher stopping".into())
+            .await
+        {
+            tracing::debug!(error = %e, "closing the rabbitmq connection");
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The dispatcher's errors, shaped around the caller's decision: retry (broker, Redis or API
+//! server trouble) or give up (bad configuration, an object the cluster rejects).
+
+/// What went wrong in the dispatcher.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The environment could not be read into a configuration.
+    #[error("invalid configuration: {0}")]
+    Config(#[source] envy::Error),
+    /// The configuration was read but is not usable.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// RabbitMQ failed (connection, channel or protocol).
+    #[error("rabbitmq error while {context}: {source}")]
+    Amqp {
+        /// What the dispatcher was doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The consumer's stream ended or failed: the broker cancelled it or the connection closed.
+    #[error("the rabbitmq consumer stopped: {reason}")]
+    ConsumerClosed {
+        /// What the stream reported.
+        reason: String,
+    },
+    /// Redis failed.
+    #[error("redis error while {context}: {source}")]
+    Redis {
+        /// What the dispatcher was doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A Job could not be launched and retrying will not help.
+    #[error("cannot launch job {job}: {reason}")]
+    Launch {
+        /// The Job's name.
+        job: String,
+        /// Why.
+        reason: String,
+    },
+    /// Local I/O failed (spawning a runner, binding the metrics port, reading input).
+    #[error("{context}: {source}")]
+    Io {
+        /// What the dispatcher was doing.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The dispatcher's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Amqp { .. } | Self::ConsumerClosed { .. } | Self::Io { .. } => true,
+            Self::Redis { source, .. } => {
+                !matches!(source.retry_method(), redis::RetryMethod::NoRetry)
+            }
+            Self::Config(_) | Self::InvalidConfig(_) | Self::Launch { .. } => false,
+        }
+    }
+
+    /// A short label for the `sluice_errors_total` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Config(_) | Self::InvalidConfig(_) => "config",
+            Self::Amqp { .. } | Self::ConsumerClosed { .. } => "amqp",
+            Self::Redis { .. } => "redis",
+            Self::Launch { .. } => "launch",
+            Self::Io { .. } => "io",
+        }
+    }
+
+    /// Wraps a lapin error with what was being done.
+    pub fn amqp(context: &'static str) -> impl FnOnce(lapin::Error) -> Self {
+        move |source| Self::Amqp { context, source }
+    }
+
+    /// Wraps a Redis error with what was being done.
+    pub fn redis(context: &'static str) -> impl FnOnce(redis::RedisError) -> Self {
+        move |source| Self::Redis { context, source }
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}

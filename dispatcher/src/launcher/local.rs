@@ -1,0 +1,195 @@
+//! The local launcher: runs a Job's container as a child process of `RUNNER_BIN`.
+//!
+//! It behaves like the Job controller where it matters: the process gets exactly the
+//! container's environment (Secret references resolved from the dispatcher's own settings,
+//! plus the `SLUICE_TEST_KERNELS` pass-through), a failed run is retried up to `backoffLimit`,
+//! and the whole Job is killed once `activeDeadlineSeconds` have passed.
+
+use super::{Outcome, Running};
+use crate::error::{Error, Result};
+use k8s_openapi::api::batch::v1::Job;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// What the local launcher needs besides the Job.
+pub struct LocalLauncher {
+    runner_bin: PathBuf,
+    /// Values of `(secret name, key)` pairs the Job's environment refers to.
+    secrets: BTreeMap<(String, String), String>,
+    /// Extra variables passed through from the dispatcher's environment.
+    pass_through: Vec<(String, String)>,
+    startup_delay: Duration,
+    /// Cancelled when the dispatcher gives up waiting for running Jobs.
+    abandon: CancellationToken,
+}
+
+/// A Job reduced to what a local run needs.
+struct RunSpec {
+    name: String,
+    env: Vec<(String, String)>,
+    attempts: u32,
+    deadline: Duration,
+}
+
+impl LocalLauncher {
+    /// A launcher running `runner_bin`, which must exist (a bare name is looked up in `PATH`
+    /// now, since runners get no `PATH` of their own).
+    pub fn new(
+        runner_bin: &Path,
+        secrets: BTreeMap<(String, String), String>,
+        pass_through: Vec<(String, String)>,
+        startup_delay: Duration,
+        abandon: CancellationToken,
+    ) -> Result<Self> {
+        let runner_bin = find_executable(runner_bin).ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "RUNNER_BIN {} not found; build it with `cargo build --release` or set RUNNER_BIN",
+                runner_bin.display()
+            ))
+        })?;
+        Ok(Self {
+            runner_bin,
+            secrets,
+            pass_through,
+            startup_delay,
+            abandon,
+        })
+    }
+
+    /// Starts the Job; the returned future drives its runs, retries and deadline.
+    pub fn launch(&self, job: &Job) -> Result<Running> {
+        let spec = self.run_spec(job)?;
+        let command = self.command(&spec);
+        let (startup_delay, abandon) = (self.startup_delay, self.abandon.clone());
+        Ok(Box::pin(async move {
+            let attempts = run_attempts(command, &spec, startup_delay);
+            tokio::select! {
+                // Cancellation-safe: dropping the attempts kills the child (kill_on_drop).
+                () = abandon.cancelled() => Outcome::Abandoned,
+                outcome = tokio::time::timeout(spec.deadline, attempts) => outcome.unwrap_or_else(|_| {
+                    Outcome::Failed { reason: format!("DeadlineExceeded: still running after {}s", spec.deadline.as_secs()) }
+                }),
+            }
+        }))
+    }
+
+    fn command(&self, spec: &RunSpec) -> Command {
+        let mut command = Command::new(&self.runner_bin);
+        command
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.pass_through.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        // Its own process group: a Ctrl-C in the terminal reaches the dispatcher only, which
+        // then decides, as the Job controller would, whether runners finish or are stopped.
+        #[cfg(unix)]
+        command.process_group(0);
+        command
+    }
+
+    fn run_spec(&self, job: &Job) -> Result<RunSpec> {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let invalid = |reason: &str| Error::Launch {
+            job: name.clone(),
+            reason: reason.into(),
+        };
+        let spec = job
+            .spec
+            .as_ref()
+            .ok_or_else(|| invalid("the Job has no spec"))?;
+        let container = spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|pod| pod.containers.first())
+            .ok_or_else(|| invalid("the Job has no container"))?;
+        let mut env = Vec::new();
+        for var in container.env.iter().flatten() {
+            let value = match (&var.value, &var.value_from) {
+                (Some(value), _) => value.clone(),
+                (None, Some(source)) => self.resolve(source).ok_or_else(|| {
+                    invalid(&format!(
+                        "cannot resolve the source of variable {}",
+                        var.name
+                    ))
+                })?,
+                (None, None) => String::new(),
+            };
+            env.push((var.name.clone(), value));
+        }
+        let attempts = u32::try_from(spec.backoff_limit.unwrap_or(6)).unwrap_or(0) + 1;
+        let deadline = Duration::from_secs(
+            spec.active_deadline_seconds
+                .map_or(u64::MAX / 4, |s| s.max(1) as u64),
+        );
+        Ok(RunSpec {
+            name,
+            env,
+            attempts,
+            deadline,
+        })
+    }
+
+    fn resolve(&self, source: &k8s_openapi::api::core::v1::EnvVarSource) -> Option<String> {
+        let secret = source.secret_key_ref.as_ref()?;
+        self.secrets
+            .get(&(secret.name.clone(), secret.key.clone()))
+            .cloned()
+    }
+}
+
+fn find_executable(bin: &Path) -> Option<PathBuf> {
+    if bin.components().count() > 1 {
+        return bin.is_file().then(|| bin.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(bin))
+        .find(|p| p.is_file())
+}
+
+/// Runs up to `spec.attempts` times; each retry waits a little longer, like the Job controller.
+async fn run_attempts(mut command: Command, spec: &RunSpec, startup_delay: Duration) -> Outcome {
+    let mut last = String::new();
+    for attempt in 1..=spec.attempts {
+        if attempt > 1 {
+            tokio::time::sleep(retry_delay(attempt)).await;
+        }
+        // Simulated pod start-up (benchmarks): the runner starts only after it.
+        tokio::time::sleep(startup_delay).await;
+        last = match command.spawn() {
+            Ok(mut child) => match child.wait().await {
+                Ok(status) if status.success() => return Outcome::Succeeded,
+                Ok(status) => describe(status),
+                Err(e) => format!("cannot wait for runner: {e}"),
+            },
+            Err(e) => format!("cannot start runner: {e}"),
+        };
+        tracing::warn!(job = %spec.name, attempt, attempts = spec.attempts, reason = %last, "runner failed");
+    }
+    Outcome::Failed {
+        reason: format!("BackoffLimitExceeded: {last}"),
+    }
+}
+
+fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(100 * 2_u64.pow(attempt.min(6)))
+}
+
+fn describe(status: ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("runner killed by signal {signal}");
+        }
+    }
+    status.code().map_or_else(
+        || "runner ended without an exit code".into(),
+        |c| format!("exit code {c}"),
+    )
+}

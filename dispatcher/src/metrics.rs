@@ -1,0 +1,199 @@
+//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// The dispatcher's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Messages staged.
+    pub messages: Counter,
+    /// Batches launched.
+    pub launched: Counter,
+    /// Batches ended, by outcome.
+    pub batches: Family<Labels, Counter>,
+    /// Jobs running now.
+    pub in_flight: Gauge,
+    /// Seconds from launch to outcome.
+    pub job_duration: Histogram,
+    /// Messages given up on.
+    pub dead_letters: Counter,
+    /// Errors, by kind.
+    pub errors: Family<Labels, Counter>,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let m = Self {
+            messages: Counter::default(),
+            launched: Counter::default(),
+            batches: Family::default(),
+            in_flight: Gauge::default(),
+            job_duration: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            dead_letters: Counter::default(),
+            errors: Family::default(),
+            ready: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "messages_received",
+            "Messages staged into batches",
+            m.messages.clone(),
+        );
+        registry.register(
+            "batches_launched",
+            "Batches whose Job was launched",
+            m.launched.clone(),
+        );
+        registry.register("batches", "Batches ended, by outcome", m.batches.clone());
+        registry.register("jobs_in_flight", "Jobs running now", m.in_flight.clone());
+        registry.register(
+            "job_duration_seconds",
+            "Time from launch to outcome",
+            m.job_duration.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages given up on",
+            m.dead_letters.clone(),
+        );
+        registry.register("errors", "Errors, by kind", m.errors.clone());
+        Self { registry, ..m }
+    }
+
+    /// Counts an error of `kind`.
+    pub fn error(&self, kind: &'static str) {
+        self.errors.get_or_create(&vec![("kind", kind)]).inc();
+    }
+
+    /// Counts a batch ending with `outcome`.
+    pub fn batch_ended(&self, outcome: &'static str) {
+        self.batches
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+    }
+
+    /// Marks the dispatcher ready (consuming) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Starts timing a Job; the time is recorded when the guard drops.
+    pub fn time_job(self: &Arc<Self>) -> JobTimer {
+        self.in_flight.inc();
+        JobTimer {
+            metrics: Arc::clone(self),
+            started: Instant::now(),
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Records a Job's duration and in-flight count when dropped.
+pub struct JobTimer {
+    metrics: Arc<Metrics>,
+    started: Instant,
+}
+
+impl Drop for JobTimer {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+        self.metrics
+            .job_duration
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Serves the endpoints on `addr` until `shutdown`.
+pub async fn serve(
+    addr: &str,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> crate::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(crate::Error::io(format!("binding METRICS_ADDR {addr}")))?;
+    tracing::info!(addr = %listener.local_addr().map_or_else(|_| addr.to_owned(), |a| a.to_string()), "metrics listening");
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(crate::Error::io("serving metrics"))
+}
+
+async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}
+
+async fn ready(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    if metrics.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not consuming")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_with_conventional_names() {
+        let m = Arc::new(Metrics::new());
+        m.messages.inc_by(3);
+        m.batch_ended("succeeded");
+        drop(m.time_job());
+        let text = m.render();
+        assert!(text.contains("sluice_messages_received_total 3"), "{text}");
+        assert!(
+            text.contains("sluice_batches_total{outcome=\"succeeded\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_job_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(text.contains("sluice_jobs_in_flight 0"), "{text}");
+    }
+}

@@ -1,0 +1,28 @@
+//! Retrying dispatcher operations with the shared backoff policy on the tokio clock.
+
+use crate::error::{Error, Result};
+use sluice_contract::retry::{Policy, retry_async};
+use std::future::Future;
+use std::time::Duration;
+
+/// Retries transient failures of `op` for up to `budget` (`None`: until it succeeds or fails
+/// permanently), logging each retry under `what`.
+pub async fn with_backoff<T, Op, Fut>(
+    what: &'static str,
+    budget: Option<Duration>,
+    op: Op,
+) -> Result<T>
+where
+    Op: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let policy = Policy::new(Duration::from_millis(100), Duration::from_secs(10), budget);
+    retry_async(
+        policy,
+        op,
+        Error::is_transient,
+        |e, delay| tracing::warn!(error = %e, ?delay, what, "retrying"),
+        tokio::time::sleep,
+    )
+    .await
+}

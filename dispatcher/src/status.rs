@@ -1,0 +1,118 @@
+//! `dispatcher status`: queue depth, batches by state, Jobs in flight, result counts.
+
+use crate::config::Config;
+use crate::consumer::connect;
+use crate::error::{Error, Result};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use redis::AsyncCommands;
+use sluice_contract::{BatchState, Keys};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A snapshot of the system.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The queue's name.
+    pub queue: String,
+    /// Messages ready in the queue, and consumers on it; `None` if it does not exist.
+    pub queue_depth: Option<(u32, u32)>,
+    /// Open batches by state.
+    pub open_batches: BTreeMap<&'static str, usize>,
+    /// The `{prefix}:stats` counters.
+    pub stats: BTreeMap<String, u64>,
+}
+
+impl Report {
+    /// Jobs running now (open batches whose Job was launched).
+    pub fn in_flight(&self) -> usize {
+        self.open_batches
+            .get(BatchState::Running.as_str())
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Reads the report from RabbitMQ and Redis.
+pub async fn report(config: &Config) -> Result<Report> {
+    let connection = connect(&config.amqp_url, "sluice-status").await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(Error::amqp("opening a channel"))?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue_depth = channel
+        .queue_declare(config.queue.as_str().into(), passive, FieldTable::default())
+        .await
+        .ok()
+        .map(|q| (q.message_count(), q.consumer_count()));
+    let _ = connection.close(200, "status read".into()).await;
+
+    let keys = Keys::new(&config.key_prefix);
+    let client = redis::Client::open(config.redis_url.as_str())
+        .map_err(Error::redis("parsing REDIS_URL"))?;
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(Error::redis("connecting"))?;
+    let open: Vec<String> = con
+        .smembers(keys.open_batches())
+        .await
+        .map_err(Error::redis("listing batches"))?;
+    let mut open_batches = BTreeMap::new();
+    for batch in open {
+        let state: Option<String> = con
+            .hget(keys.batch(&batch), "state")
+            .await
+            .map_err(Error::redis("reading a batch"))?;
+        let state = state
+            .as_deref()
+            .and_then(BatchState::parse)
+            .map_or("unknown", BatchState::as_str);
+        *open_batches.entry(state).or_insert(0) += 1;
+    }
+    let stats: BTreeMap<String, u64> = con
+        .hgetall(keys.stats())
+        .await
+        .map_err(Error::redis("reading stats"))?;
+    Ok(Report {
+        queue: config.queue.clone(),
+        queue_depth,
+        open_batches,
+        stats,
+    })
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.queue_depth {
+            Some((ready, consumers)) => writeln!(
+                f,
+                "queue {}: {ready} ready, {consumers} consumer(s)",
+                self.queue
+            )?,
+            None => writeln!(f, "queue {}: does not exist yet", self.queue)?,
+        }
+        let total: usize = self.open_batches.values().sum();
+        write!(f, "open batches: {total}")?;
+        for (state, n) in &self.open_batches {
+            write!(f, ", {state} {n}")?;
+        }
+        writeln!(f)?;
+        writeln!(f, "jobs in flight: {}", self.in_flight())?;
+        let stat = |name: &str| self.stats.get(name).copied().unwrap_or(0);
+        writeln!(
+            f,
+            "messages: received {}, ok {}, error {}, dead {} (batches {})",
+            stat("received"),
+            stat("ok"),
+            stat("error"),
+            stat("dead"),
+            stat("batches")
+        )
+    }
+}
