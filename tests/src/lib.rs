@@ -1,1 +1,315 @@
-//! stub
+//! Shared harness for sluice's end-to-end suites.
+//!
+//! Every test gets its own queue and key prefix ([`TestEnv`]) and deletes only those. The
+//! suites talk to the real RabbitMQ and Redis (`AMQP_URL`, `REDIS_URL`, defaulting to the local
+//! ones) and fail loudly when either is unreachable: they never skip.
+
+use anyhow::{Result, bail};
+use futures::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use redis::AsyncCommands;
+use sluice_dispatcher::Config;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One test's private corner of RabbitMQ and Redis.
+pub struct TestEnv {
+    /// Queue name, unique to the test.
+    pub queue: String,
+    /// Key prefix, unique to the test.
+    pub prefix: String,
+    /// RabbitMQ URL.
+    pub amqp_url: String,
+    /// Redis URL.
+    pub redis_url: String,
+}
+
+/// A message to publish: body and optional AMQP `message_id` property.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Raw body bytes.
+    pub body: Vec<u8>,
+    /// The `message_id` property.
+    pub message_id: Option<String>,
+}
+
+impl Outgoing {
+    /// A JSON body without properties.
+    pub fn json(value: &serde_json::Value) -> Self {
+        Self {
+            body: value.to_string().into_bytes(),
+            message_id: None,
+        }
+    }
+
+    /// Raw bytes keyed by a `message_id` property.
+    pub fn raw(id: &str, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            body: body.into(),
+            message_id: Some(id.to_owned()),
+        }
+    }
+}
+
+/// A result hash as read back from Redis.
+pub type ResultHash = HashMap<String, String>;
+
+impl TestEnv {
+    /// A fresh environment named after the test; fails if a service is unreachable.
+    pub async fn new(test: &str) -> Result<Self> {
+        let tag = uuid::Uuid::now_v7().simple().to_string();
+        let env = Self {
+            queue: format!("test-{test}-{}", &tag[20..]),
+            prefix: format!("test-{test}-{}", &tag[20..]),
+            amqp_url: std::env::var("AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            redis_url: std::env::var("REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into()),
+        };
+        env.check_services().await?;
+        Ok(env)
+    }
+
+    async fn check_services(&self) -> Result<()> {
+        let amqp = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await;
+        let redis = async {
+            let mut con = self.redis().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut con)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        .await;
+        match (amqp, redis) {
+            (Ok(c), Ok(_)) => {
+                let _ = c.close(200, "ok".into()).await;
+                Ok(())
+            }
+            (a, r) => bail!(
+                "the end-to-end suites need RabbitMQ at {} ({}) and Redis at {} ({}); start them with `make services`",
+                self.amqp_url,
+                a.err().map_or("ok".into(), |e| e.to_string()),
+                self.redis_url,
+                r.err().map_or("ok".into(), |e| e.to_string()),
+            ),
+        }
+    }
+
+    /// A dispatcher configuration for this environment, plus `extra` variables.
+    pub fn config(&self, extra: &[(&str, &str)]) -> Result<Config> {
+        // Later entries win, as in a shell; envy itself rejects duplicates.
+        let mut vars: std::collections::BTreeMap<String, String> =
+            self.vars().into_iter().collect();
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        Ok(Config::from_vars(vars)?)
+    }
+
+    /// The variables that point a dispatcher at this environment.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        [
+            ("AMQP_URL", self.amqp_url.as_str()),
+            ("REDIS_URL", &self.redis_url),
+            ("QUEUE", &self.queue),
+            ("KEY_PREFIX", &self.prefix),
+            ("METRICS_ADDR", ""),
+            ("LAUNCHER", "local"),
+            ("SLUICE_TEST_KERNELS", "1"),
+            ("RUNNER_LOG", "warn"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .chain([(
+            "RUNNER_BIN".to_owned(),
+            binary("runner").display().to_string(),
+        )])
+        .collect()
+    }
+
+    /// A Redis connection.
+    pub async fn redis(&self) -> Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+
+    /// Publishes persistent messages with publisher confirms.
+    pub async fn publish(&self, messages: &[Outgoing]) -> Result<()> {
+        let connection =
+            Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        sluice_dispatcher::consumer::declare_queue(&channel, &self.queue).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut props = BasicProperties::default().with_delivery_mode(2);
+            if let Some(id) = &m.message_id {
+                props = props.with_message_id(id.as_str().into());
+            }
+            confirms.push(
+                channel
+                    .basic_publish(
+                        "".into(),
+                        self.queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &m.body,
+                        props,
+                    )
+                    .await?,
+            );
+        }
+        let mut confirms = futures::stream::iter(confirms).buffer_unordered(1024);
+        while let Some(confirm) = confirms.next().await {
+            if !confirm?.is_ack() {
+                bail!("broker nacked a published message");
+            }
+        }
+        connection.close(200, "published".into()).await?;
+        Ok(())
+    }
+
+    /// Reads the result hash of `id` (empty if none).
+    pub async fn result(&self, id: &str) -> Result<ResultHash> {
+        Ok(self
+            .redis()
+            .await?
+            .hgetall(format!("{}:result:{id}", self.prefix))
+            .await?)
+    }
+
+    /// Waits until every id has a result, or fails after `timeout` naming what is missing.
+    pub async fn wait_for_results(
+        &self,
+        ids: &[String],
+        timeout: Duration,
+    ) -> Result<HashMap<String, ResultHash>> {
+        let mut con = self.redis().await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut pipe = redis::pipe();
+            for id in ids {
+                pipe.exists(format!("{}:result:{id}", self.prefix));
+            }
+            let done: Vec<bool> = pipe.query_async(&mut con).await?;
+            let missing: Vec<&String> = ids
+                .iter()
+                .zip(&done)
+                .filter(|(_, d)| !**d)
+                .map(|(id, _)| id)
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{} of {} results missing after {timeout:?}, e.g. {:?}",
+                    missing.len(),
+                    ids.len(),
+                    &missing[..missing.len().min(5)]
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(format!("{}:result:{id}", self.prefix));
+        }
+        let hashes: Vec<ResultHash> = pipe.query_async(&mut con).await?;
+        Ok(ids.iter().cloned().zip(hashes).collect())
+    }
+
+    /// Number of entries in the results stream.
+    pub async fn stream_len(&self) -> Result<usize> {
+        Ok(self
+            .redis()
+            .await?
+            .xlen(format!("{}:results", self.prefix))
+            .await?)
+    }
+
+    /// The `{prefix}:stats` counters.
+    pub async fn stats(&self) -> Result<HashMap<String, u64>> {
+        Ok(self
+            .redis()
+            .await?
+            .hgetall(format!("{}:stats", self.prefix))
+            .await?)
+    }
+
+    /// Messages ready in the queue.
+    pub async fn queue_depth(&self) -> Result<u32> {
+        let connection =
+            Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        let queue = sluice_dispatcher::consumer::declare_queue(&channel, &self.queue).await?;
+        connection.close(200, "read".into()).await?;
+        Ok(queue.message_count())
+    }
+
+    /// Deletes this test's queue and keys, and nothing else.
+    pub async fn cleanup(&self) -> Result<()> {
+        let connection =
+            Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+        connection.close(200, "cleaned".into()).await?;
+        let mut con = self.redis().await?;
+        let keys: Vec<String> = {
+            let mut iter = con
+                .scan_match::<_, String>(format!("{}:*", self.prefix))
+                .await?;
+            let mut keys = Vec::new();
+            while let Some(key) = iter.next_item().await {
+                keys.push(key?);
+            }
+            keys
+        };
+        for chunk in keys.chunks(500) {
+            con.del::<_, ()>(chunk).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Path of a workspace binary built next to the test executable (`make test` builds them first).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    dir.join(name)
+}
+
+/// Fails with a clear message when the binaries the suites spawn are missing.
+pub fn require_binaries() -> Result<()> {
+    for name in ["runner", "dispatcher"] {
+        let path = binary(name);
+        if !path.is_file() {
+            bail!(
+                "{} is missing: run `cargo build --workspace --bins` (or `make test`) first",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs the dispatcher in this process until `stop` is cancelled.
+pub fn spawn_dispatcher(
+    config: Config,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<sluice_dispatcher::Result<sluice_dispatcher::serve::Summary>> {
+    let metrics = std::sync::Arc::new(sluice_dispatcher::metrics::Metrics::new());
+    tokio::spawn(sluice_dispatcher::serve::run(config, metrics, stop))
+}
