@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# make demo without a cluster: the local launcher, 200 messages of every kernel, a summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export QUEUE=${QUEUE:-sluice-demo}
+export KEY_PREFIX=${KEY_PREFIX:-sluice-demo}
+export LAUNCHER=local
+export METRICS_ADDR=${METRICS_ADDR:-127.0.0.1:9090}
+export RUNNER_BIN=${RUNNER_BIN:-$PWD/target/release/runner}
+export RUST_LOG=${RUST_LOG:-warn,sluice_dispatcher=info}
+DISPATCHER=target/release/dispatcher
+RUN_ID=demo-$(date +%s)
+N=200
+
+redis() { redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379/}" "$@"; }
+
+"$DISPATCHER" serve 2>target/demo-dispatcher.log &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null || true' EXIT
+
+declare -A inputs=(
+  [modsum]='{"n":10000000,"m":997}'
+  [pow]='{"data":"sluice","difficulty":16}'
+  [primes]='{"n":1000000}'
+  [echo]='{"hello":"world"}'
+)
+started=$(date +%s.%N)
+for kernel in modsum pow primes echo; do
+  echo "publishing $N $kernel messages"
+  "$DISPATCHER" publish -n "$N" -k "$kernel" -i "${inputs[$kernel]}" --id-prefix "$RUN_ID-$kernel"
+done
+
+total=$((N * 4))
+echo "waiting for $total results..."
+for ((i = 0; i < 600; i++)); do
+  done_count=0
+  for kernel in modsum pow primes echo; do
+    last="$KEY_PREFIX:result:$RUN_ID-$kernel-$((N - 1))"
+    [[ $(redis EXISTS "$last") == 1 ]] && done_count=$((done_count + 1))
+  done
+  [[ $done_count == 4 ]] && break
+  sleep 0.2
+done
+finished=$(date +%s.%N)
+
+missing=0
+for kernel in modsum pow primes echo; do
+  for ((j = 0; j < N; j++)); do echo "EXISTS $KEY_PREFIX:result:$RUN_ID-$kernel-$j"; done
+done | redis >/tmp/sluice-demo-exists
+missing=$(grep -c '^0$' /tmp/sluice-demo-exists || true)
+
+kill -TERM $pid
+wait $pid || true
+trap - EXIT
+
+echo
+echo "=== sluice demo ==="
+"$DISPATCHER" status
+awk -v ok=$((total - missing)) -v all="$total" -v s="$started" -v f="$finished" \
+  'BEGIN { printf "results: %d of %d in %.1fs (%.0f messages/s)\n", ok, all, f - s, ok / (f - s) }'
+echo
+echo "Read them with redis-cli:"
+echo "  redis-cli HGETALL $KEY_PREFIX:result:$RUN_ID-modsum-0"
+echo "  redis-cli HGETALL $KEY_PREFIX:result:$RUN_ID-pow-0"
+echo "  redis-cli XREVRANGE $KEY_PREFIX:results + - COUNT 5"
+echo "  redis-cli HGETALL $KEY_PREFIX:stats"
+echo
+redis HGETALL "$KEY_PREFIX:result:$RUN_ID-modsum-0" | paste - - | sed 's/^/  /'
+[[ $missing == 0 ]] || { echo "demo: $missing results missing (see target/demo-dispatcher.log)" >&2; exit 1; }
