@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export QUEUE=${QUEUE:-sluice-demo}
-export KEY_PREFIX=${KEY_PREFIX:-sluice-demo}
+export QUEUE=${QUEUE:-jobs}
+export KEY_PREFIX=${KEY_PREFIX:-sluice}
 export LAUNCHER=local
 export METRICS_ADDR=${METRICS_ADDR:-127.0.0.1:9090}
 export RUNNER_BIN=${RUNNER_BIN:-$PWD/target/release/runner}
