@@ -114,14 +114,16 @@ async fn main() -> anyhow::Result<()> {
 async fn run_server(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();
     let metrics = Arc::new(metrics::Metrics::new());
-    let server = (!config.metrics_addr.is_empty()).then(|| {
-        let (addr, metrics, token) = (
-            config.metrics_addr.clone(),
+    let server = if config.metrics_addr.is_empty() {
+        None
+    } else {
+        let listener = metrics::bind(&config.metrics_addr).await?;
+        Some(tokio::spawn(metrics::serve(
+            listener,
             Arc::clone(&metrics),
             shutdown.clone(),
-        );
-        tokio::spawn(async move { metrics::serve(&addr, metrics, token).await })
-    });
+        )))
+    };
     let summary = serve::run(config, metrics, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(server) = server {

@@ -135,16 +135,24 @@ impl Drop for JobTimer {
     }
 }
 
-/// Serves the endpoints on `addr` until `shutdown`.
-pub async fn serve(
-    addr: &str,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> crate::Result<()> {
+/// Binds `METRICS_ADDR` (at start-up, so a taken port is a start-up error).
+pub async fn bind(addr: &str) -> crate::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(crate::Error::io(format!("binding METRICS_ADDR {addr}")))?;
-    tracing::info!(addr = %listener.local_addr().map_or_else(|_| addr.to_owned(), |a| a.to_string()), "metrics listening");
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| addr.to_owned(), |a| a.to_string());
+    tracing::info!(addr = %local, "metrics listening");
+    Ok(listener)
+}
+
+/// Serves the endpoints on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> crate::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok" }))

@@ -202,7 +202,12 @@ impl Dispatcher {
             .stage(&batch_id, &job::job_name(&batch_id), &frames)
             .await?;
         drop(frames);
-        self.launch(&batch_id, permit).await?;
+        if let Err(e) = self.launch(&batch_id, permit).await {
+            // The deliveries return to the queue when this session closes: drop the staged
+            // copy, so the redelivered messages are staged once.
+            self.stager.discard(&batch_id, size as usize).await?;
+            return Err(e);
+        }
         consumer.ack_through(last_tag).await?;
         self.metrics.messages.inc_by(size);
         Ok(())
@@ -215,8 +220,7 @@ impl Dispatcher {
         let running = match self.launcher.launch(&job) {
             Ok(running) => running,
             Err(e) => {
-                // Put the batch back to staged: it is relaunched on the next start, and its
-                // unacked deliveries come back too; the runner's write-once results absorb both.
+                // Back to staged: a recovered batch is tried again on the next start.
                 self.stager.set_state(batch_id, BatchState::Staged).await?;
                 return Err(e);
             }

@@ -77,6 +77,24 @@ impl Stager {
         self.exec("staging a batch", &pipe).await
     }
 
+    /// Removes a staged batch whose deliveries go back to RabbitMQ (its launch failed), so the
+    /// redelivered messages are staged once, not twice.
+    pub async fn discard(&self, batch_id: &str, size: usize) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(self.keys.batch_messages(batch_id))
+            .del(self.keys.batch(batch_id))
+            .srem(self.keys.open_batches(), batch_id)
+            .hincr(
+                self.keys.stats(),
+                "received",
+                -i64::try_from(size).unwrap_or(i64::MAX),
+            )
+            .hincr(self.keys.stats(), "batches", -1)
+            .ignore();
+        self.exec("discarding a batch", &pipe).await
+    }
+
     /// Records a batch's new state.
     pub async fn set_state(&self, batch_id: &str, state: BatchState) -> Result<()> {
         let mut pipe = redis::pipe();

@@ -1,4 +1,6 @@
 //! A producer that is not ours: Python pika's plain `basic_publish`, read back with redis-cli.
+// A test fails by panicking: unwrap is the assertion.
+#![allow(clippy::unwrap_used)]
 
 use sluice_tests::{TestEnv, require_binaries, spawn_dispatcher};
 use std::process::Command;

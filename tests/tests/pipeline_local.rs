@@ -1,4 +1,6 @@
 //! The whole pipeline with the local launcher: RabbitMQ → dispatcher → runner → Redis.
+// A test fails by panicking: unwrap is the assertion.
+#![allow(clippy::unwrap_used)]
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};

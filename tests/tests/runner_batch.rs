@@ -1,4 +1,6 @@
 //! The runner against a batch staged in real Redis: results, skips, idempotent re-runs.
+// A test fails by panicking: unwrap is the assertion.
+#![allow(clippy::unwrap_used)]
 
 use serde_json::json;
 use sluice_contract::{Keys, StagedMessage};

@@ -1,4 +1,6 @@
 //! SIGTERM on the real `dispatcher` binary: exit 0, nothing lost.
+// A test fails by panicking: unwrap is the assertion.
+#![allow(clippy::unwrap_used)]
 
 use serde_json::json;
 use sluice_tests::{Outgoing, TestEnv, binary, require_binaries, spawn_dispatcher};
