@@ -27,7 +27,9 @@ test: services
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --no-fail-fast
+	@mkdir -p target
+	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; \
+	  status=$$?; scripts/test-summary.sh target/test.log; exit $$status
 
 fmt:
 	$(CARGO) fmt --all

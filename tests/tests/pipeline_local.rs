@@ -347,3 +347,56 @@ async fn max_jobs_in_flight_caps_concurrent_runner_processes() {
     let _ = std::fs::remove_file(&script);
     env.cleanup().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_runner_keeps_crashing_dead_letters_what_is_unfinished() {
+    require_binaries().unwrap();
+    let env = TestEnv::new("crash").await.unwrap();
+    let config = env
+        .config(&[
+            ("BATCH_MAX_MESSAGES", "6"),
+            ("BATCH_LINGER_MS", "2000"),
+            ("JOB_BACKOFF_LIMIT", "1"),
+        ])
+        .unwrap();
+    let stop = CancellationToken::new();
+    let dispatcher = spawn_dispatcher(config, stop.clone());
+    let mut messages: Vec<Outgoing> = (0..5)
+        .map(|i| Outgoing::json(&json!({"id": format!("e{i}"), "kernel": "echo", "input": i})))
+        .collect();
+    messages.insert(2, Outgoing::json(&json!({"id": "boom", "kernel": "crash"})));
+    env.publish(&messages).await.unwrap();
+
+    let ids: Vec<String> = ["e0", "e1", "boom", "e2", "e3", "e4"]
+        .map(String::from)
+        .to_vec();
+    let results = env
+        .wait_for_results(&ids, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let boom = &results["boom"];
+    assert_eq!(boom["status"], "dead", "{boom:?}");
+    assert!(
+        boom["error"].contains("BackoffLimitExceeded") && boom["error"].contains("signal 6"),
+        "{boom:?}"
+    );
+    let dead = results.values().filter(|r| r["status"] == "dead").count();
+    let ok = results.values().filter(|r| r["status"] == "ok").count();
+    assert_eq!(ok + dead, 6, "every message ends ok or dead: {results:?}");
+
+    let mut con = env.redis().await.unwrap();
+    let dead_list: Vec<String> =
+        redis::AsyncCommands::lrange(&mut con, format!("{}:dead", env.prefix), 0, -1)
+            .await
+            .unwrap();
+    assert_eq!(dead_list.len(), dead);
+    assert!(dead_list.iter().any(|e| e.contains("\"boom\"")));
+    assert_eq!(
+        env.stream_len().await.unwrap(),
+        6,
+        "one stream entry per message"
+    );
+    stop.cancel();
+    dispatcher.await.unwrap().unwrap();
+    env.cleanup().await.unwrap();
+}
