@@ -103,6 +103,12 @@ pub struct Config {
     /// Local launcher only: a delay before each run, to simulate pod start-up (benchmarks).
     #[serde(default)]
     pub startup_delay_ms: u64,
+    /// Kubeconfig file for the kube launcher; unset: the usual places, then in-cluster.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Most Job creates per second the kube launcher sends.
+    #[serde(default = "d::kube_api_qps")]
+    pub kube_api_qps: f64,
     /// Kueue `LocalQueue` to submit Jobs to; when set, Jobs are created suspended for Kueue.
     #[serde(default)]
     pub kueue_queue: Option<String>,
@@ -189,6 +195,9 @@ mod d {
     }
     pub fn runner_log() -> String {
         "info".into()
+    }
+    pub fn kube_api_qps() -> f64 {
+        20.0
     }
     pub fn shutdown_grace_seconds() -> u64 {
         30

@@ -34,6 +34,15 @@ pub enum Error {
         #[source]
         source: redis::RedisError,
     },
+    /// The Kubernetes API server failed or refused a request.
+    #[error("kubernetes error while {context}: {source}")]
+    Kube {
+        /// What the dispatcher was doing.
+        context: &'static str,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
     /// A Job could not be launched and retrying will not help.
     #[error("cannot launch job {job}: {reason}")]
     Launch {
@@ -64,6 +73,13 @@ impl Error {
             Self::Redis { source, .. } => {
                 !matches!(source.retry_method(), redis::RetryMethod::NoRetry)
             }
+            Self::Kube { source, .. } => match source {
+                kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+                kube::Error::HyperError(_)
+                | kube::Error::Service(_)
+                | kube::Error::ReadEvents(_) => true,
+                _ => false,
+            },
             Self::Config(_) | Self::InvalidConfig(_) | Self::Launch { .. } => false,
         }
     }
@@ -74,6 +90,7 @@ impl Error {
             Self::Config(_) | Self::InvalidConfig(_) => "config",
             Self::Amqp { .. } | Self::ConsumerClosed { .. } => "amqp",
             Self::Redis { .. } => "redis",
+            Self::Kube { .. } => "kube",
             Self::Launch { .. } => "launch",
             Self::Io { .. } => "io",
         }
@@ -87,6 +104,11 @@ impl Error {
     /// Wraps a Redis error with what was being done.
     pub fn redis(context: &'static str) -> impl FnOnce(redis::RedisError) -> Self {
         move |source| Self::Redis { context, source }
+    }
+
+    /// Wraps a Kubernetes client error with what was being done.
+    pub fn kube(context: &'static str) -> impl FnOnce(kube::Error) -> Self {
+        move |source| Self::Kube { context, source }
     }
 
     /// Wraps an I/O error with what was being done.

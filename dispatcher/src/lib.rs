@@ -8,7 +8,9 @@
 //! - [`batcher`]: closes batches on count, bytes or linger.
 //! - [`stage`]: stores the batch in Redis atomically and records its state.
 //! - [`job`]: the typed Kubernetes Job for the batch.
-//! - [`launcher`]: starts the Job (`local`: a child process) and reports its outcome.
+//! - [`launcher`]: starts the Job (`local`: a child process; `kube`: a Job in the cluster) and
+//!   reports its outcome.
+//! - [`reconciler`]: watches the cluster's Jobs and maps their conditions to outcomes.
 //! - [`settle`]: records the outcome; dead-letters messages of a failed Job.
 //! - [`serve`]: the loop tying these together, recovery of open batches, graceful shutdown.
 //!
@@ -24,6 +26,7 @@ pub mod job;
 pub mod launcher;
 pub mod metrics;
 pub mod publish;
+pub mod reconciler;
 pub mod retry;
 pub mod serve;
 pub mod settle;

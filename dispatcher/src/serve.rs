@@ -49,7 +49,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Summary> {
     let abandon = CancellationToken::new();
-    let launcher = launcher::from_config(&config, abandon.clone())?;
+    let launcher = launcher::from_config(&config, abandon.clone()).await?;
     let keys = Keys::new(&config.key_prefix);
     let stager = tokio::select! {
         () = shutdown.cancelled() => return Ok(Summary::default()),
@@ -217,7 +217,7 @@ impl Dispatcher {
     async fn launch(&self, batch_id: &str, permit: OwnedSemaphorePermit) -> Result<()> {
         let job = job::build(&self.config, batch_id);
         self.stager.set_state(batch_id, BatchState::Running).await?;
-        let running = match self.launcher.launch(&job) {
+        let running = match self.launcher.launch(&job).await {
             Ok(running) => running,
             Err(e) => {
                 // Back to staged: a recovered batch is tried again on the next start.
@@ -226,14 +226,15 @@ impl Dispatcher {
             }
         };
         self.metrics.launched.inc();
-        let (stager, metrics, config) = (
-            self.stager.clone(),
-            Arc::clone(&self.metrics),
-            Arc::clone(&self.config),
-        );
-        let batch_id = batch_id.to_owned();
+        let watch = OutcomeWatch {
+            stager: self.stager.clone(),
+            metrics: Arc::clone(&self.metrics),
+            config: Arc::clone(&self.config),
+            launcher: Arc::clone(&self.launcher),
+            batch_id: batch_id.to_owned(),
+        };
         self.jobs.spawn(async move {
-            await_outcome(&stager, &metrics, &config, &batch_id, running).await;
+            watch.run(running).await;
             drop(permit);
         });
         Ok(())
@@ -259,36 +260,44 @@ impl Dispatcher {
     }
 }
 
-async fn await_outcome(
-    stager: &Stager,
-    metrics: &Arc<Metrics>,
-    config: &Config,
-    batch_id: &str,
-    running: Running,
-) {
-    let timer = metrics.time_job();
-    let outcome = running.await;
-    drop(timer);
-    let label = match &outcome {
-        Outcome::Succeeded => "succeeded",
-        Outcome::Failed { reason } => {
-            tracing::warn!(batch = %batch_id, %reason, "job failed");
-            "failed"
-        }
-        Outcome::Abandoned => "abandoned",
-    };
-    metrics.batch_ended(label);
-    let settings = DeadLetterSettings {
-        ttl_seconds: config.result_ttl_seconds,
-        stream_maxlen: config.results_maxlen,
-    };
-    match settle(stager, batch_id, &outcome, settings).await {
-        Ok(dead) => {
-            metrics.dead_letters.inc_by(dead as u64);
-        }
-        Err(e) => {
-            // The batch stays open and is relaunched on the next start; nothing is lost.
-            metrics.error(e.metric_label());
+/// Waits for one Job's outcome and records it.
+struct OutcomeWatch {
+    stager: Stager,
+    metrics: Arc<Metrics>,
+    config: Arc<Config>,
+    launcher: Arc<Launcher>,
+    batch_id: String,
+}
+
+impl OutcomeWatch {
+    async fn run(self, running: Running) {
+        let timer = self.metrics.time_job();
+        let outcome = running.await;
+        drop(timer);
+        let batch_id = self.batch_id.as_str();
+        let label = match &outcome {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed { reason } => {
+                tracing::warn!(batch = %batch_id, %reason, "job failed");
+                "failed"
+            }
+            Outcome::Abandoned => return self.metrics.batch_ended("abandoned"),
+        };
+        self.metrics.batch_ended(label);
+        let settings = DeadLetterSettings {
+            ttl_seconds: self.config.result_ttl_seconds,
+            stream_maxlen: self.config.results_maxlen,
+        };
+        let recorded = match settle(&self.stager, batch_id, &outcome, settings).await {
+            Ok(dead) => {
+                self.metrics.dead_letters.inc_by(dead as u64);
+                self.launcher.finished(&job::job_name(batch_id)).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            // The batch stays open (or its Job stays) and the next start settles it again.
+            self.metrics.error(e.metric_label());
             tracing::error!(batch = %batch_id, error = %e, "could not record the job's outcome");
         }
     }

@@ -42,7 +42,10 @@ impl Fixture {
 }
 
 /// A local launcher running `runner`, with `extra` variables.
-fn local_launcher(runner: &str, extra: &[(&str, &str)]) -> (Config, Launcher, CancellationToken) {
+async fn local_launcher(
+    runner: &str,
+    extra: &[(&str, &str)],
+) -> (Config, Launcher, CancellationToken) {
     let mut vars = vec![
         ("RUNNER_BIN", runner),
         ("LAUNCHER", "local"),
@@ -53,7 +56,9 @@ fn local_launcher(runner: &str, extra: &[(&str, &str)]) -> (Config, Launcher, Ca
     let config =
         Config::from_vars(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))).unwrap();
     let abandon = CancellationToken::new();
-    let launcher = launcher::from_config(&config, abandon.clone()).unwrap();
+    let launcher = launcher::from_config(&config, abandon.clone())
+        .await
+        .unwrap();
     (config, launcher, abandon)
 }
 
@@ -67,9 +72,10 @@ impl Drop for Fixture {
 async fn the_runner_gets_exactly_the_jobs_environment_with_secrets_resolved() {
     let fx = Fixture::new("env");
     let runner = fx.runner("env > \"$DIR/env\"");
-    let (config, launcher, _) = local_launcher(&runner, &[("RUNNER_CPU", "2")]);
+    let (config, launcher, _) = local_launcher(&runner, &[("RUNNER_CPU", "2")]).await;
     let outcome = launcher
         .launch(&job::build(&config, "b-env"))
+        .await
         .unwrap()
         .await;
     assert_eq!(outcome, Outcome::Succeeded);
@@ -107,17 +113,25 @@ async fn a_failing_run_is_retried_up_to_the_backoff_limit() {
     // Fails on the first two attempts, succeeds on the third.
     let runner =
         fx.runner("echo x >> \"$DIR/attempts\"\n[ $(wc -l < \"$DIR/attempts\") -ge 3 ] || exit 7");
-    let (config, launcher, _) = local_launcher(&runner, &[("JOB_BACKOFF_LIMIT", "2")]);
+    let (config, launcher, _) = local_launcher(&runner, &[("JOB_BACKOFF_LIMIT", "2")]).await;
     assert_eq!(
-        launcher.launch(&job::build(&config, "b")).unwrap().await,
+        launcher
+            .launch(&job::build(&config, "b"))
+            .await
+            .unwrap()
+            .await,
         Outcome::Succeeded
     );
     assert_eq!(fx.read("attempts").lines().count(), 3);
 
     let fx = Fixture::new("retry-limit");
     let runner = fx.runner("echo x >> \"$DIR/attempts\"\nexit 7");
-    let (config, launcher, _) = local_launcher(&runner, &[("JOB_BACKOFF_LIMIT", "1")]);
-    let outcome = launcher.launch(&job::build(&config, "b")).unwrap().await;
+    let (config, launcher, _) = local_launcher(&runner, &[("JOB_BACKOFF_LIMIT", "1")]).await;
+    let outcome = launcher
+        .launch(&job::build(&config, "b"))
+        .await
+        .unwrap()
+        .await;
     assert_eq!(
         outcome,
         Outcome::Failed {
@@ -135,8 +149,12 @@ async fn a_failing_run_is_retried_up_to_the_backoff_limit() {
 async fn a_run_past_the_deadline_is_killed() {
     let fx = Fixture::new("deadline");
     let runner = fx.runner("echo $$ > \"$DIR/pid\"\nexec sleep 60");
-    let (config, launcher, _) = local_launcher(&runner, &[("JOB_DEADLINE_SECONDS", "1")]);
-    let outcome = launcher.launch(&job::build(&config, "b")).unwrap().await;
+    let (config, launcher, _) = local_launcher(&runner, &[("JOB_DEADLINE_SECONDS", "1")]).await;
+    let outcome = launcher
+        .launch(&job::build(&config, "b"))
+        .await
+        .unwrap()
+        .await;
     assert!(
         matches!(&outcome, Outcome::Failed { reason } if reason.starts_with("DeadlineExceeded")),
         "{outcome:?}"
@@ -154,17 +172,18 @@ async fn a_run_past_the_deadline_is_killed() {
 async fn abandoning_stops_waiting_and_kills_the_run() {
     let fx = Fixture::new("abandon");
     let runner = fx.runner("exec sleep 60");
-    let (config, launcher, abandon) = local_launcher(&runner, &[]);
-    let running = launcher.launch(&job::build(&config, "b")).unwrap();
+    let (config, launcher, abandon) = local_launcher(&runner, &[]).await;
+    let running = launcher.launch(&job::build(&config, "b")).await.unwrap();
     abandon.cancel();
     assert_eq!(running.await, Outcome::Abandoned);
 }
 
-#[test]
-fn a_missing_runner_binary_is_a_start_up_error() {
+#[tokio::test]
+async fn a_missing_runner_binary_is_a_start_up_error() {
     let config =
         Config::from_vars([("RUNNER_BIN".to_owned(), "/nonexistent/runner".to_owned())]).unwrap();
     let err = launcher::from_config(&config, CancellationToken::new())
+        .await
         .err()
         .unwrap();
     assert!(

@@ -1,14 +1,16 @@
 //! Launchers turn a batch's Job object into running work and report how it ended.
 //!
 //! - [`local`]: a child process of `RUNNER_BIN` per Job, for machines without a cluster.
+//! - [`kube`]: a `batch/v1` Job in the cluster, its outcome from the Job watcher.
 //!
 //! A launch either fails at once (the batch's deliveries are then not acked, and RabbitMQ
 //! redelivers them) or returns a [`Running`] future that resolves to the Job's [`Outcome`].
 
+pub mod kube;
 pub mod local;
 
 use crate::config::{Config, LauncherKind};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
 use std::collections::BTreeMap;
@@ -37,13 +39,24 @@ pub type Running = BoxFuture<'static, Outcome>;
 pub enum Launcher {
     /// Child processes on this machine.
     Local(local::LocalLauncher),
+    /// Jobs in a Kubernetes cluster.
+    Kube(Box<kube::KubeLauncher>),
 }
 
 impl Launcher {
-    /// Starts `job`.
-    pub fn launch(&self, job: &Job) -> Result<Running> {
+    /// Starts `job` (a Job that already exists is adopted, not duplicated).
+    pub async fn launch(&self, job: &Job) -> Result<Running> {
         match self {
             Self::Local(local) => local.launch(job),
+            Self::Kube(kube) => kube.launch(job).await,
+        }
+    }
+
+    /// Releases what a finished Job holds, once its outcome is recorded.
+    pub async fn finished(&self, job_name: &str) -> Result<()> {
+        match self {
+            Self::Local(_) => Ok(()),
+            Self::Kube(kube) => kube.remove(job_name).await,
         }
     }
 
@@ -51,12 +64,13 @@ impl Launcher {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Local(_) => "local",
+            Self::Kube(_) => "kube",
         }
     }
 }
 
 /// Builds the launcher `LAUNCHER` names. `abandon` stops waiting for running Jobs.
-pub fn from_config(config: &Config, abandon: CancellationToken) -> Result<Launcher> {
+pub async fn from_config(config: &Config, abandon: CancellationToken) -> Result<Launcher> {
     match config.launcher {
         LauncherKind::Local => {
             let secrets = BTreeMap::from([(
@@ -85,8 +99,8 @@ pub fn from_config(config: &Config, abandon: CancellationToken) -> Result<Launch
                 abandon,
             )?))
         }
-        LauncherKind::Kube => Err(Error::InvalidConfig(
-            "LAUNCHER=kube is not built into this version yet".into(),
-        )),
+        LauncherKind::Kube => Ok(Launcher::Kube(Box::new(
+            kube::KubeLauncher::connect(config, abandon).await?,
+        ))),
     }
 }

@@ -1,0 +1,169 @@
+//! The kube launcher: one `batch/v1` Job per batch through the API server.
+//!
+//! Creates are idempotent by name (a retry after a crash meets 409 AlreadyExists and adopts the
+//! Job), paced by a client-side rate limit, and retried with backoff on 429, 5xx and connection
+//! errors. Outcomes come from the [`reconciler`](crate::reconciler) watcher; a Job is deleted
+//! once its outcome is recorded.
+
+use super::{Outcome, Running};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::job::MANAGED_SELECTOR;
+use crate::reconciler::{self, JobTracker};
+use crate::retry::with_backoff;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{DeleteParams, PostParams, PropagationPolicy};
+use kube::{Api, Client};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long an API call is retried before the batch's launch fails (its messages then return
+/// to the queue).
+const API_BUDGET: Duration = Duration::from_secs(120);
+
+/// Launches Jobs in a cluster.
+pub struct KubeLauncher {
+    api: Api<Job>,
+    tracker: Arc<JobTracker>,
+    pacing: Mutex<Instant>,
+    interval: Duration,
+    abandon: CancellationToken,
+    stop_watch: CancellationToken,
+}
+
+impl KubeLauncher {
+    /// Connects (kubeconfig from `KUBECONFIG`, else the usual places, else in-cluster) and
+    /// starts watching the dispatcher's Jobs in `NAMESPACE`.
+    pub async fn connect(config: &Config, abandon: CancellationToken) -> Result<Self> {
+        let client = match &config.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                    Error::InvalidConfig(format!("KUBECONFIG {}: {e}", path.display()))
+                })?;
+                let options = kube::config::KubeConfigOptions::default();
+                let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .map_err(|e| {
+                        Error::InvalidConfig(format!("KUBECONFIG {}: {e}", path.display()))
+                    })?;
+                Client::try_from(client_config).map_err(Error::kube("building the client"))?
+            }
+            None => Client::try_default()
+                .await
+                .map_err(Error::kube("finding a cluster"))?,
+        };
+        Ok(Self::with_client(client, config, abandon))
+    }
+
+    /// A launcher on an existing client (tests pass a mock).
+    pub fn with_client(client: Client, config: &Config, abandon: CancellationToken) -> Self {
+        let api: Api<Job> = Api::namespaced(client, &config.namespace);
+        let tracker = Arc::new(JobTracker::default());
+        let stop_watch = CancellationToken::new();
+        tokio::spawn(reconciler::watch(
+            api.clone(),
+            MANAGED_SELECTOR,
+            Arc::clone(&tracker),
+            stop_watch.clone(),
+        ));
+        Self {
+            api,
+            tracker,
+            pacing: Mutex::new(Instant::now()),
+            interval: Duration::from_secs_f64(1.0 / config.kube_api_qps.max(0.1)),
+            abandon,
+            stop_watch,
+        }
+    }
+
+    /// Creates (or adopts) the Job and returns a future for its outcome.
+    pub async fn launch(&self, job: &Job) -> Result<Running> {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let outcome = self.tracker.register(&name);
+        if let Err(e) = self.create(job, &name).await {
+            self.tracker.forget(&name);
+            return Err(e);
+        }
+        let abandon = self.abandon.clone();
+        Ok(Box::pin(async move {
+            tokio::select! {
+                // The Job keeps running in the cluster; the next dispatcher adopts it.
+                () = abandon.cancelled() => Outcome::Abandoned,
+                outcome = outcome => outcome.unwrap_or(Outcome::Abandoned),
+            }
+        }))
+    }
+
+    async fn create(&self, job: &Job, name: &str) -> Result<()> {
+        self.pace().await;
+        let created = with_backoff("creating a job", Some(API_BUDGET), || async {
+            match self.api.create(&PostParams::default(), job).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    tracing::info!(job = %name, "job already exists; adopting it");
+                    Ok(())
+                }
+                Err(e) => Err(Error::Kube {
+                    context: "creating a job",
+                    source: e,
+                }),
+            }
+        })
+        .await;
+        created.map_err(|e| match e {
+            Error::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } => Error::Launch {
+                job: name.to_owned(),
+                reason: format!("{} ({})", status.message, status.reason),
+            },
+            other => other,
+        })
+    }
+
+    /// Spaces creates by the configured rate, so a burst of batches does not flood the API.
+    async fn pace(&self) {
+        let slot = {
+            let mut next = self.pacing.lock().await;
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+
+    /// Deletes a finished Job (and its pods) once its outcome is recorded.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        self.tracker.forget(name);
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        with_backoff("deleting a job", Some(API_BUDGET), || async {
+            match self.api.delete(name, &params).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                Err(e) => Err(Error::Kube {
+                    context: "deleting a job",
+                    source: e,
+                }),
+            }
+        })
+        .await
+    }
+
+    /// Jobs the cluster reports as running.
+    pub fn active(&self) -> usize {
+        self.tracker.active()
+    }
+}
+
+impl Drop for KubeLauncher {
+    fn drop(&mut self) {
+        self.stop_watch.cancel();
+    }
+}
