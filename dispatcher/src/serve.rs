@@ -89,7 +89,12 @@ impl Dispatcher {
                     self.launch(&batch_id, permit).await?;
                     launched += 1;
                 }
-                Some((_, Some(state))) => self.stager.close(&batch_id, state, None).await?,
+                Some((_, Some(state))) => {
+                    // Finished while no dispatcher watched (the runner marks its own success):
+                    // record it and release its Job.
+                    self.stager.close(&batch_id, state, None).await?;
+                    self.launcher.finished(&job::job_name(&batch_id)).await?;
+                }
                 _ => {
                     self.stager
                         .close(&batch_id, BatchState::Failed, Some("batch state lost"))

@@ -4,6 +4,9 @@
 //! suites talk to the real RabbitMQ and Redis (`AMQP_URL`, `REDIS_URL`, defaulting to the local
 //! ones) and fail loudly when either is unreachable: they never skip.
 
+pub mod cases;
+pub mod fake_kube;
+
 use anyhow::{Result, bail};
 use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};

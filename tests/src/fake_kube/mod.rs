@@ -1,0 +1,197 @@
+//! A fake Kubernetes API server for tests: the `batch/v1` Job endpoints exactly as `kube`
+//! calls them, and a Job controller that runs each Job's container as a local process.
+//!
+//! Covered: create (409 AlreadyExists on a duplicate name, 422 Invalid for a bad name or a
+//! container without an image), get, list and watch with `labelSelector` and
+//! `resourceVersion` (line-delimited watch events, as the real server streams them), delete
+//! (DELETED event, the pod killed). Status follows the real controller: `active`, `failed`,
+//! `succeeded`, `startTime`, `completionTime`, and the conditions `SuccessCriteriaMet` +
+//! `Complete` or `FailureTarget` + `Failed` (`BackoffLimitExceeded`, `DeadlineExceeded`).
+//! [`FakeKube::fail_for`] makes every request answer 500 or 429 for a while.
+
+mod api;
+mod controller;
+mod store;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use store::Store;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// State shared by the HTTP handlers and the controller tasks.
+pub struct Shared {
+    store: Mutex<Store>,
+    /// Latest resource version, for watchers to wait on.
+    changed: watch::Sender<u64>,
+    runner_bin: PathBuf,
+    secrets: HashMap<(String, String), String>,
+    pass_through: Vec<(String, String)>,
+    fault: Mutex<Option<(Instant, u16)>>,
+    stats: Mutex<Stats>,
+    active: AtomicI64,
+    controllers: Mutex<HashMap<String, CancellationToken>>,
+    stop: CancellationToken,
+}
+
+/// What the fake saw, for assertions.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Successful creates per Job name.
+    pub creates: HashMap<String, u32>,
+    /// Creates answered 409.
+    pub conflicts: u32,
+    /// Requests answered with an injected fault.
+    pub faults: u32,
+    /// Runner processes started per Job name.
+    pub pods: HashMap<String, u32>,
+    /// Most pods running at once.
+    pub peak_active: i64,
+    /// Deletes of existing Jobs.
+    pub deletes: u32,
+}
+
+impl Shared {
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn modify(
+        &self,
+        ns: &str,
+        name: &str,
+        change: impl FnOnce(&mut k8s_openapi::api::batch::v1::Job),
+    ) {
+        let rv = {
+            let mut store = self.store();
+            store.modify(ns, name, change);
+            store.rv()
+        };
+        self.changed.send_replace(rv);
+    }
+
+    fn pod_started(this: &Arc<Self>, name: &str) -> ActivePod {
+        let now = this.active.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut stats = this.stats();
+        *stats.pods.entry(name.to_owned()).or_default() += 1;
+        stats.peak_active = stats.peak_active.max(now);
+        ActivePod(Arc::clone(this))
+    }
+
+    fn injected_fault(&self) -> Option<u16> {
+        let mut fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        match *fault {
+            Some((until, code)) if Instant::now() < until => Some(code),
+            Some(_) => {
+                *fault = None;
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// Counts a running pod until dropped.
+struct ActivePod(Arc<Shared>);
+
+impl Drop for ActivePod {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A running fake API server.
+pub struct FakeKube {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl FakeKube {
+    /// Starts a server on `127.0.0.1:0` whose pods run `runner_bin`, resolving Secret
+    /// references from `secrets` and adding `pass_through` to every pod's environment.
+    pub async fn start(
+        runner_bin: &Path,
+        secrets: HashMap<(String, String), String>,
+        pass_through: Vec<(String, String)>,
+    ) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            store: Mutex::default(),
+            changed: watch::channel(0).0,
+            runner_bin: runner_bin.to_path_buf(),
+            secrets,
+            pass_through,
+            fault: Mutex::default(),
+            stats: Mutex::default(),
+            active: AtomicI64::new(0),
+            controllers: Mutex::default(),
+            stop: CancellationToken::new(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = api::router(Arc::clone(&shared));
+        let stop = shared.stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+        Ok(Self { addr, shared })
+    }
+
+    /// The server's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Writes a kubeconfig pointing at this server, with `namespace` as the default.
+    pub fn write_kubeconfig(&self, path: &Path, namespace: &str) -> std::io::Result<()> {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\nusers:\n- name: fake\n  user:\n    token: fake-token\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\ncurrent-context: fake\n",
+            self.url()
+        );
+        std::fs::write(path, text)
+    }
+
+    /// Answers every request with `code` (500 or 429) for `duration`.
+    pub fn fail_for(&self, code: u16, duration: Duration) {
+        *self
+            .shared
+            .fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now() + duration, code));
+    }
+
+    /// What the server has seen so far.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats().clone()
+    }
+
+    /// Jobs currently stored.
+    pub fn job_count(&self) -> usize {
+        self.shared.store().jobs.len()
+    }
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+        for token in self
+            .shared
+            .controllers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            token.cancel();
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The fake API server's object store: Jobs by name, a resource version counter, and the log
+//! of watch events every watcher replays from.
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// One entry of the watch log.
+#[derive(Clone)]
+pub struct Event {
+    /// The resource version this event produced.
+    pub rv: u64,
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub kind: &'static str,
+    /// The object after the change.
+    pub job: Job,
+}
+
+/// Jobs and their history.
+#[derive(Default)]
+pub struct Store {
+    rv: u64,
+    /// Jobs by namespace and name.
+    pub jobs: BTreeMap<(String, String), Job>,
+    /// Every change, in order.
+    pub events: Vec<Event>,
+}
+
+impl Store {
+    /// The latest resource version.
+    pub fn rv(&self) -> u64 {
+        self.rv
+    }
+
+    /// Stores a new or changed Job, stamping its resource version and logging the event.
+    pub fn put(&mut self, kind: &'static str, mut job: Job) -> Job {
+        self.rv += 1;
+        job.metadata.resource_version = Some(self.rv.to_string());
+        let key = key_of(&job);
+        self.jobs.insert(key, job.clone());
+        self.events.push(Event {
+            rv: self.rv,
+            kind,
+            job: job.clone(),
+        });
+        job
+    }
+
+    /// Removes a Job, logging its deletion.
+    pub fn remove(&mut self, ns: &str, name: &str) -> Option<Job> {
+        let mut job = self.jobs.remove(&(ns.to_owned(), name.to_owned()))?;
+        self.rv += 1;
+        job.metadata.resource_version = Some(self.rv.to_string());
+        job.metadata.deletion_timestamp = Some(now());
+        self.events.push(Event {
+            rv: self.rv,
+            kind: "DELETED",
+            job: job.clone(),
+        });
+        Some(job)
+    }
+
+    /// Applies `change` to a stored Job, if it still exists, as a MODIFIED event.
+    pub fn modify(&mut self, ns: &str, name: &str, change: impl FnOnce(&mut Job)) -> Option<Job> {
+        let mut job = self.jobs.get(&(ns.to_owned(), name.to_owned()))?.clone();
+        change(&mut job);
+        Some(self.put("MODIFIED", job))
+    }
+}
+
+fn key_of(job: &Job) -> (String, String) {
+    (
+        job.metadata.namespace.clone().unwrap_or_default(),
+        job.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The current time, as the API server stamps it.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// A `labelSelector` of equality terms: `a=b`, `a==b`, `a!=b`, or a bare key.
+pub struct Selector(Vec<(String, Option<(bool, String)>)>);
+
+impl Selector {
+    /// Parses a selector; an empty one matches everything.
+    pub fn parse(text: Option<&str>) -> Self {
+        let terms = text
+            .unwrap_or_default()
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(|term| {
+                if let Some((k, v)) = term.split_once("!=") {
+                    (k.trim().to_owned(), Some((false, v.trim().to_owned())))
+                } else if let Some((k, v)) = term.split_once('=') {
+                    (
+                        k.trim().to_owned(),
+                        Some((true, v.trim_start_matches('=').trim().to_owned())),
+                    )
+                } else {
+                    (term.trim().to_owned(), None)
+                }
+            })
+            .collect();
+        Self(terms)
+    }
+
+    /// Whether a Job's labels match.
+    pub fn matches(&self, job: &Job) -> bool {
+        let labels = job.metadata.labels.clone().unwrap_or_default();
+        self.0.iter().all(|(key, want)| match want {
+            None => labels.contains_key(key),
+            Some((true, value)) => labels.get(key) == Some(value),
+            Some((false, value)) => labels.get(key) != Some(value),
+        })
+    }
+}
+
+/// A `Status` body, as the API server answers errors.
+pub fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": {"group": "batch", "kind": "jobs"},
+        "code": code,
+    })
+}

@@ -1,0 +1,208 @@
+//! The kube launcher end to end against the in-repo fake API server (kubeconfig pointing at
+//! it): real RabbitMQ, real Redis, runner processes started by the fake Job controller.
+
+// A test fails by panicking: unwrap is the assertion.
+#![allow(clippy::unwrap_used)]
+
+use serde_json::json;
+use sluice_tests::cases::mixed;
+use sluice_tests::fake_kube::FakeKube;
+use sluice_tests::{Outgoing, TestEnv, binary, require_binaries, spawn_dispatcher};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const NAMESPACE: &str = "sluice-test";
+
+/// A fake cluster for `env`, and the kubeconfig that points at it.
+async fn cluster(env: &TestEnv) -> (FakeKube, PathBuf) {
+    let secrets = HashMap::from([(
+        ("sluice-redis".to_owned(), "url".to_owned()),
+        env.redis_url.clone(),
+    )]);
+    let pass_through = vec![("SLUICE_TEST_KERNELS".to_owned(), "1".to_owned())];
+    let fake = FakeKube::start(&binary("runner"), secrets, pass_through)
+        .await
+        .unwrap();
+    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", env.prefix));
+    fake.write_kubeconfig(&kubeconfig, NAMESPACE).unwrap();
+    (fake, kubeconfig)
+}
+
+fn kube_config(
+    env: &TestEnv,
+    kubeconfig: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> sluice_dispatcher::Config {
+    let path = kubeconfig.display().to_string();
+    let mut vars = vec![
+        ("LAUNCHER", "kube"),
+        ("KUBECONFIG", path.as_str()),
+        ("NAMESPACE", NAMESPACE),
+    ];
+    vars.extend_from_slice(extra);
+    env.config(&vars).unwrap()
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_mixed_messages_through_the_kube_launcher() {
+    require_binaries().unwrap();
+    let env = TestEnv::new("kube-mixed").await.unwrap();
+    let (fake, kubeconfig) = cluster(&env).await;
+    let config = kube_config(
+        &env,
+        &kubeconfig,
+        &[
+            ("BATCH_MAX_MESSAGES", "50"),
+            ("BATCH_LINGER_MS", "100"),
+            ("MAX_JOBS_IN_FLIGHT", "3"),
+            ("MAX_MESSAGE_BYTES", "4096"),
+        ],
+    );
+    let stop = CancellationToken::new();
+    let dispatcher = spawn_dispatcher(config, stop.clone());
+    let cases = mixed(500);
+    let messages: Vec<Outgoing> = cases.iter().map(|c| c.message.clone()).collect();
+    env.publish(&messages).await.unwrap();
+    let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
+    let results = env
+        .wait_for_results(&ids, Duration::from_secs(120))
+        .await
+        .unwrap();
+    for case in &cases {
+        case.check(&results[&case.id]);
+    }
+    assert_eq!(env.stream_len().await.unwrap(), 500);
+
+    // Each batch got exactly one Job and one pod; finished Jobs are deleted once recorded.
+    wait_until("every finished Job is deleted", || fake.job_count() == 0).await;
+    let stats = fake.stats();
+    assert_eq!(
+        stats.creates.len(),
+        10,
+        "500 messages in batches of 50: {stats:?}"
+    );
+    assert!(
+        stats.creates.values().all(|&n| n == 1) && stats.pods.values().all(|&n| n == 1),
+        "{stats:?}"
+    );
+    assert!(
+        stats.peak_active <= 3,
+        "MAX_JOBS_IN_FLIGHT exceeded: {stats:?}"
+    );
+    stop.cancel();
+    dispatcher.await.unwrap().unwrap();
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_restarted_while_jobs_run_adopts_them_and_loses_nothing() {
+    require_binaries().unwrap();
+    let env = TestEnv::new("kube-restart").await.unwrap();
+    let (fake, kubeconfig) = cluster(&env).await;
+    let extra = [
+        ("BATCH_MAX_MESSAGES", "10"),
+        ("MAX_JOBS_IN_FLIGHT", "3"),
+        ("SHUTDOWN_GRACE_SECONDS", "0"),
+    ];
+    let ids: Vec<String> = (0..150).map(|i| format!("k{i}")).collect();
+    let messages: Vec<Outgoing> = ids
+        .iter()
+        .map(|id| Outgoing::json(&json!({"id": id, "kernel": "sleep", "input": {"ms": 60}})))
+        .collect();
+    env.publish(&messages).await.unwrap();
+
+    let first = CancellationToken::new();
+    let dispatcher = spawn_dispatcher(kube_config(&env, &kubeconfig, &extra), first.clone());
+    wait_until("three Jobs are running", || fake.stats().creates.len() >= 4).await;
+    first.cancel();
+    let summary = dispatcher.await.unwrap().unwrap();
+    assert!(
+        summary.abandoned > 0,
+        "the first dispatcher left Jobs running: {summary:?}"
+    );
+
+    let second = CancellationToken::new();
+    let dispatcher = spawn_dispatcher(kube_config(&env, &kubeconfig, &extra), second.clone());
+    env.wait_for_results(&ids, Duration::from_secs(120))
+        .await
+        .unwrap();
+    wait_until("every finished Job is deleted", || fake.job_count() == 0).await;
+    second.cancel();
+    dispatcher.await.unwrap().unwrap();
+
+    let stats = fake.stats();
+    assert!(
+        stats.conflicts >= 1,
+        "the restarted dispatcher adopted running Jobs (409): {stats:?}"
+    );
+    assert!(
+        stats.creates.values().all(|&n| n == 1),
+        "one Job per batch: {stats:?}"
+    );
+    assert!(
+        stats.pods.values().all(|&n| n == 1),
+        "nothing run twice: {stats:?}"
+    );
+    assert!(
+        stats.peak_active <= 3,
+        "in-flight count recovered across the restart: {stats:?}"
+    );
+    assert_eq!(
+        env.stream_len().await.unwrap(),
+        150,
+        "one result per message"
+    );
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_errors_are_retried_and_nothing_is_lost() {
+    require_binaries().unwrap();
+    let env = TestEnv::new("kube-faults").await.unwrap();
+    let (fake, kubeconfig) = cluster(&env).await;
+    fake.fail_for(500, Duration::from_secs(3));
+    let config = kube_config(
+        &env,
+        &kubeconfig,
+        &[("BATCH_MAX_MESSAGES", "20"), ("BATCH_LINGER_MS", "50")],
+    );
+    let stop = CancellationToken::new();
+    let dispatcher = spawn_dispatcher(config, stop.clone());
+    let ids: Vec<String> = (0..200).map(|i| format!("f{i}")).collect();
+    let messages: Vec<Outgoing> = ids
+        .iter()
+        .map(|id| Outgoing::json(&json!({"id": id, "kernel": "echo", "input": id})))
+        .collect();
+    env.publish(&messages[..100]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fake.fail_for(429, Duration::from_secs(2));
+    env.publish(&messages[100..]).await.unwrap();
+
+    let results = env
+        .wait_for_results(&ids, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(
+        ids.iter()
+            .all(|id| results[id]["output"] == format!("\"{id}\""))
+    );
+    assert_eq!(env.stream_len().await.unwrap(), 200);
+    let stats = fake.stats();
+    assert!(stats.faults > 0, "faults were injected: {stats:?}");
+    assert!(stats.creates.values().all(|&n| n == 1), "{stats:?}");
+    stop.cancel();
+    dispatcher.await.unwrap().unwrap();
+    env.cleanup().await.unwrap();
+}
