@@ -98,8 +98,8 @@ async fn launch_posts_the_job_to_its_namespace() {
         assert_eq!(body["spec"]["template"]["spec"]["restartPolicy"], "Never");
         respond(send, StatusCode::CREATED, &body);
     };
-    let (launched, ()) = tokio::join!(launcher.launch(&job), server);
-    assert!(launched.is_ok());
+    let (outcome, ()) = tokio::join!(launcher.launch(&job), server);
+    assert!(outcome.is_ok());
 }
 
 #[tokio::test]
@@ -112,8 +112,8 @@ async fn a_conflict_on_create_adopts_the_existing_job() {
         assert_eq!(request.method(), Method::POST);
         respond(send, StatusCode::CONFLICT, &status(409, "AlreadyExists"));
     };
-    let (launched, ()) = tokio::join!(launcher.launch(&job), server);
-    assert!(launched.is_ok(), "409 means the Job exists: adopt it");
+    let (outcome, ()) = tokio::join!(launcher.launch(&job), server);
+    assert!(outcome.is_ok(), "409 means the Job exists: adopt it");
 }
 
 #[tokio::test]
@@ -136,8 +136,8 @@ async fn an_invalid_job_is_a_permanent_launch_error_without_retries() {
         .await;
         assert!(retry.is_err(), "an invalid Job is not retried");
     };
-    let (launched, ()) = tokio::join!(launcher.launch(&job), server);
-    assert!(matches!(launched, Err(Error::Launch { .. })));
+    let (outcome, ()) = tokio::join!(launcher.launch(&job), server);
+    assert!(matches!(outcome, Err(Error::Launch { .. })));
 }
 
 #[tokio::test]
@@ -155,8 +155,8 @@ async fn server_errors_on_create_are_retried() {
         let body = body_json(request).await;
         respond(send, StatusCode::CREATED, &body);
     };
-    let (launched, ()) = tokio::join!(launcher.launch(&job), server);
-    assert!(launched.is_ok());
+    let (outcome, ()) = tokio::join!(launcher.launch(&job), server);
+    assert!(outcome.is_ok());
 }
 
 #[tokio::test]
