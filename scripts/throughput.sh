@@ -13,7 +13,7 @@ redis() { redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379/}" "$@"; }
 printf '%-8s %-10s %-10s %s\n' batch seconds msg/s jobs
 for b in "${SIZES[@]}"; do
   tag=tp-$b-$$
-  export QUEUE=$tag KEY_PREFIX=$tag LAUNCHER=local METRICS_ADDR= RUST_LOG=warn
+  export QUEUE=$tag KEY_PREFIX=$tag LAUNCHER=local METRICS_ADDR='' RUST_LOG=warn
   export BATCH_MAX_MESSAGES=$b RUNNER_BIN=$PWD/target/release/runner
   "$D" publish -n "$N" --id-prefix m >/dev/null 2>&1   # queue fills first: measure draining only
   start=$(date +%s.%N)
