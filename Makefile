@@ -40,9 +40,10 @@ demo-local: services release
 	@scripts/demo.sh
 
 demo-kind: kind-up release
-	@ID_PREFIX=demo scripts/kind.sh publish 200 modsum
+	@scripts/kind.sh publish 200 modsum
 	@scripts/kind.sh wait 200
-	@ID_PREFIX=demo scripts/kind.sh results
+	@scripts/kind.sh check 200
+	@scripts/kind.sh results
 
 ## Formatting, lints, manifest and image validation, then every test against real services.
 test: services tools validate

@@ -13,6 +13,11 @@ need() {
   done
 }
 
+# Each publish uses a fresh id prefix (ids already done are skipped by design), remembered for
+# results/wait/check.
+PREFIX_FILE=target/kind-last-prefix
+prefix() { echo "${ID_PREFIX:-$(cat "$PREFIX_FILE" 2>/dev/null || echo kind)}"; }
+
 secret() { sed -n "s/^$2=//p" "manifests/secrets/$1.env"; }
 host_amqp_url() { echo "amqp://sluice:$(secret rabbitmq password)@127.0.0.1:5672/%2f"; }
 host_redis() { redis-cli -h 127.0.0.1 -p 6379 --no-auth-warning -a "$(secret redis password)" "$@"; }
@@ -37,7 +42,10 @@ publish() {
   local n=${1:-100} kernel=${2:-modsum} input=${3:-}
   need cargo
   cargo build --release --bin dispatcher >/dev/null
-  local args=(publish -n "$n" -k "$kernel" --id-prefix "${ID_PREFIX:-kind}")
+  local id_prefix=${ID_PREFIX:-kind-$(date +%s)}
+  mkdir -p target && echo "$id_prefix" >"$PREFIX_FILE"
+  echo "kind: message ids are $id_prefix-0 … $id_prefix-$((n - 1))"
+  local args=(publish -n "$n" -k "$kernel" --id-prefix "$id_prefix")
   [[ -n $input ]] && args+=(-i "$input")
   AMQP_URL=$(host_amqp_url) QUEUE=jobs target/release/dispatcher "${args[@]}"
 }
@@ -48,32 +56,33 @@ results() {
   host_redis HGETALL sluice:stats | paste - -
   echo "--- the 5 latest results (sluice:results stream)"
   host_redis XREVRANGE sluice:results + - COUNT 5
-  echo "--- sluice:result:${ID_PREFIX:-kind}-0"
-  host_redis HGETALL "sluice:result:${ID_PREFIX:-kind}-0" | paste - -
+  echo "--- sluice:result:$(prefix)-0"
+  host_redis HGETALL "sluice:result:$(prefix)-0" | paste - -
   echo "--- jobs"
   kubectl -n "$NS" get jobs -l app.kubernetes.io/managed-by=sluice-dispatcher
 }
 
-# Waits until the stats count at least N finished messages.
+# Waits until PREFIX-0 … PREFIX-(N-1) all have a result.
 wait_for() {
-  local n=$1
+  local n=$1 id_prefix missing
+  id_prefix=$(prefix)
   for _ in $(seq 1 300); do
-    local ok err
-    ok=$(host_redis HGET sluice:stats ok); err=$(host_redis HGET sluice:stats error)
-    (( ${ok:-0} + ${err:-0} >= n )) && return 0
+    missing=$(for ((i = 0; i < n; i++)); do echo "EXISTS sluice:result:$id_prefix-$i"; done | host_redis | grep -c '^0$' || true)
+    (( missing == 0 )) && { echo "kind: all $n results are in"; return 0; }
     sleep 1
   done
-  echo "kind: fewer than $n results after 300s" >&2
+  echo "kind: $missing of $n results still missing after 300s" >&2
   return 1
 }
 
 # Fails unless PREFIX-0 … PREFIX-(N-1) all have status ok.
 check() {
-  local n=$1 prefix=${ID_PREFIX:-kind} bad=0
+  local n=$1 bad=0 id_prefix
+  id_prefix=$(prefix)
   for ((i = 0; i < n; i++)); do
     local status
-    status=$(host_redis HGET "sluice:result:$prefix-$i" status)
-    [[ $status == ok ]] || { echo "kind: $prefix-$i has status '${status:-none}'" >&2; bad=$((bad + 1)); }
+    status=$(host_redis HGET "sluice:result:$id_prefix-$i" status)
+    [[ $status == ok ]] || { echo "kind: $id_prefix-$i has status '${status:-none}'" >&2; bad=$((bad + 1)); }
   done
   (( bad == 0 )) && echo "kind: all $n results are ok"
   (( bad == 0 ))
