@@ -227,6 +227,18 @@ impl TestEnv {
         Ok(ids.iter().cloned().zip(hashes).collect())
     }
 
+    /// Publishes every case, waits for all their results and checks each one.
+    pub async fn run_cases(&self, cases: &[crate::cases::Case], timeout: Duration) -> Result<()> {
+        let messages: Vec<Outgoing> = cases.iter().map(|c| c.message.clone()).collect();
+        self.publish(&messages).await?;
+        let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
+        let results = self.wait_for_results(&ids, timeout).await?;
+        for case in cases {
+            case.check(&results[&case.id]);
+        }
+        Ok(())
+    }
+
     /// Number of entries in the results stream.
     pub async fn stream_len(&self) -> Result<usize> {
         Ok(self
@@ -292,6 +304,14 @@ pub fn binary(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_default();
     dir.join(name)
+}
+
+/// Writes an executable shell script (a stand-in runner, a wrapper).
+pub fn write_script(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
 }
 
 /// Fails with a clear message when the binaries the suites spawn are missing.

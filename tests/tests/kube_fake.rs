@@ -73,16 +73,9 @@ async fn five_hundred_mixed_messages_through_the_kube_launcher() {
     let stop = CancellationToken::new();
     let dispatcher = spawn_dispatcher(config, stop.clone());
     let cases = mixed(500);
-    let messages: Vec<Outgoing> = cases.iter().map(|c| c.message.clone()).collect();
-    env.publish(&messages).await.unwrap();
-    let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
-    let results = env
-        .wait_for_results(&ids, Duration::from_secs(120))
+    env.run_cases(&cases, Duration::from_secs(120))
         .await
         .unwrap();
-    for case in &cases {
-        case.check(&results[&case.id]);
-    }
     assert_eq!(env.stream_len().await.unwrap(), 500);
 
     // Each batch got exactly one Job and one pod; finished Jobs are deleted once recorded.

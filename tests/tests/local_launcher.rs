@@ -27,12 +27,7 @@ impl Fixture {
     fn runner(&self, body: &str) -> String {
         let path = self.dir.join("runner.sh");
         let text = format!("#!/bin/sh\nDIR='{}'\n{body}\n", self.dir.display());
-        std::fs::write(&path, text).unwrap();
-        std::process::Command::new("chmod")
-            .arg("+x")
-            .arg(&path)
-            .status()
-            .unwrap();
+        sluice_tests::write_script(&path, &text).unwrap();
         path.display().to_string()
     }
 

@@ -13,7 +13,6 @@ async fn a_thousand_mixed_messages_all_end_with_the_right_result() {
     require_binaries().unwrap();
     let env = TestEnv::new("mixed").await.unwrap();
     let cases = mixed(1_000);
-    let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
 
     let config = env
         .config(&[
@@ -24,16 +23,9 @@ async fn a_thousand_mixed_messages_all_end_with_the_right_result() {
         .unwrap();
     let stop = CancellationToken::new();
     let dispatcher = spawn_dispatcher(config, stop.clone());
-    let outgoing: Vec<Outgoing> = cases.iter().map(|c| c.message.clone()).collect();
-    env.publish(&outgoing).await.unwrap();
-
-    let results = env
-        .wait_for_results(&ids, Duration::from_secs(120))
+    env.run_cases(&cases, Duration::from_secs(120))
         .await
         .unwrap();
-    for case in &cases {
-        case.check(&results[&case.id]);
-    }
     let stats = env.stats().await.unwrap();
     assert_eq!(stats["received"], 1_000);
     assert_eq!(stats["ok"] + stats["error"], 1_000);
@@ -58,12 +50,7 @@ fn counting_runner(log: &std::path::Path) -> std::path::PathBuf {
         log = log.display(),
         real = real.display()
     );
-    std::fs::write(&script, text).unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&script)
-        .status()
-        .unwrap();
+    sluice_tests::write_script(&script, &text).unwrap();
     script
 }
 
