@@ -11,7 +11,9 @@
 //! - [`launcher`]: starts the Job (`local`: a child process; `kube`: a Job in the cluster) and
 //!   reports its outcome.
 //! - [`reconciler`]: watches the cluster's Jobs and maps their conditions to outcomes.
-//! - [`settle`]: records the outcome; dead-letters messages of a failed Job.
+//! - [`flight`]: the in-flight cap; follows each Job to its outcome.
+//! - [`settle`]: records the outcome; splits a failed batch to isolate its poison message,
+//!   dead-letters a message that fails alone.
 //! - [`serve`]: the loop tying these together, recovery of open batches, graceful shutdown.
 //!
 //! Around them: [`config`] (environment), [`error`], [`retry`] (backoff), [`metrics`]
@@ -22,6 +24,7 @@ pub mod batcher;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod flight;
 pub mod job;
 pub mod launcher;
 pub mod metrics;

@@ -9,18 +9,16 @@ use crate::batcher::{Batcher, Limits, Next};
 use crate::config::Config;
 use crate::consumer::{Consumer, Pending};
 use crate::error::{Error, Result};
-use crate::launcher::{Launcher, Outcome, Running};
+use crate::flight::Flight;
 use crate::metrics::Metrics;
-use crate::settle::{DeadLetterSettings, settle};
 use crate::stage::Stager;
 use crate::{job, launcher};
 use futures::StreamExt;
 use sluice_contract::{BatchState, Keys};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// What a dispatcher run did, returned when it stops.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +33,7 @@ pub struct Summary {
 struct Dispatcher {
     config: Arc<Config>,
     stager: Stager,
-    launcher: Arc<Launcher>,
-    slots: Arc<Semaphore>,
-    jobs: TaskTracker,
+    flight: Flight,
     metrics: Arc<Metrics>,
 }
 
@@ -56,12 +52,18 @@ pub async fn run(
         stager = Stager::connect(&config.redis_url, keys, config.result_ttl_seconds) => stager?,
     };
     tracing::info!(launcher = launcher.kind(), queue = %config.queue, "dispatcher starting");
+    let config = Arc::new(config);
+    let flight = Flight::new(
+        Arc::clone(&config),
+        stager.clone(),
+        launcher,
+        Arc::clone(&metrics),
+        abandon,
+    );
     let dispatcher = Dispatcher {
-        slots: Arc::new(Semaphore::new(config.max_jobs_in_flight)),
-        config: Arc::new(config),
+        config,
         stager,
-        launcher: Arc::new(launcher),
-        jobs: TaskTracker::new(),
+        flight,
         metrics,
     };
     let mut summary = Summary {
@@ -69,7 +71,8 @@ pub async fn run(
         ..Summary::default()
     };
     summary.launched += dispatcher.consume(&shutdown).await;
-    summary.abandoned = dispatcher.drain(abandon).await;
+    let grace = Duration::from_secs(dispatcher.config.shutdown_grace_seconds);
+    summary.abandoned = dispatcher.flight.drain(grace).await;
     tracing::info!(?summary, "dispatcher stopped");
     Ok(summary)
 }
@@ -80,20 +83,23 @@ impl Dispatcher {
     async fn recover(&self, shutdown: &CancellationToken) -> Result<u64> {
         let mut launched = 0;
         for batch_id in self.stager.open_batches().await? {
-            let Some(permit) = self.slot(shutdown).await else {
+            let Some(permit) = self.flight.slot(shutdown).await else {
                 break;
             };
             match self.stager.batch_info(&batch_id).await? {
                 Some((_, Some(BatchState::Staged | BatchState::Running))) => {
                     tracing::info!(batch = %batch_id, "relaunching a batch left open by an earlier run");
-                    self.launch(&batch_id, permit).await?;
+                    self.flight.launch(&batch_id, permit).await?;
                     launched += 1;
                 }
                 Some((_, Some(state))) => {
                     // Finished while no dispatcher watched (the runner marks its own success):
                     // record it and release its Job.
                     self.stager.close(&batch_id, state, None).await?;
-                    self.launcher.finished(&job::job_name(&batch_id)).await?;
+                    self.flight
+                        .launcher()
+                        .finished(&job::job_name(&batch_id))
+                        .await?;
                 }
                 _ => {
                     self.stager
@@ -170,7 +176,7 @@ impl Dispatcher {
                 }
                 Next::Failed(reason) => break Err(Error::ConsumerClosed { reason }),
             };
-            let Some(permit) = self.slot(shutdown).await else {
+            let Some(permit) = self.flight.slot(shutdown).await else {
                 break Ok(());
             };
             if let Err(e) = self.dispatch(&consumer, batch, permit).await {
@@ -180,14 +186,6 @@ impl Dispatcher {
         };
         consumer.close().await;
         result
-    }
-
-    /// Waits for a free slot under `MAX_JOBS_IN_FLIGHT`; `None` on shutdown.
-    async fn slot(&self, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
-        tokio::select! {
-            () = shutdown.cancelled() => None,
-            permit = Arc::clone(&self.slots).acquire_owned() => permit.ok(),
-        }
     }
 
     /// Stages a closed batch, launches its Job and acks its deliveries.
@@ -207,7 +205,7 @@ impl Dispatcher {
             .stage(&batch_id, &job::job_name(&batch_id), &frames)
             .await?;
         drop(frames);
-        if let Err(e) = self.launch(&batch_id, permit).await {
+        if let Err(e) = self.flight.launch(&batch_id, permit).await {
             // The deliveries return to the queue when this session closes: drop the staged
             // copy, so the redelivered messages are staged once.
             self.stager.discard(&batch_id, size as usize).await?;
@@ -216,94 +214,5 @@ impl Dispatcher {
         consumer.ack_through(last_tag).await?;
         self.metrics.messages.inc_by(size);
         Ok(())
-    }
-
-    /// Launches the Job of a staged batch and tracks it until its outcome is recorded.
-    async fn launch(&self, batch_id: &str, permit: OwnedSemaphorePermit) -> Result<()> {
-        let job = job::build(&self.config, batch_id);
-        self.stager.set_state(batch_id, BatchState::Running).await?;
-        let running = match self.launcher.launch(&job).await {
-            Ok(running) => running,
-            Err(e) => {
-                // Back to staged: a recovered batch is tried again on the next start.
-                self.stager.set_state(batch_id, BatchState::Staged).await?;
-                return Err(e);
-            }
-        };
-        self.metrics.launched.inc();
-        let watch = OutcomeWatch {
-            stager: self.stager.clone(),
-            metrics: Arc::clone(&self.metrics),
-            config: Arc::clone(&self.config),
-            launcher: Arc::clone(&self.launcher),
-            batch_id: batch_id.to_owned(),
-        };
-        self.jobs.spawn(async move {
-            watch.run(running).await;
-            drop(permit);
-        });
-        Ok(())
-    }
-
-    /// Lets running Jobs finish within the grace period, then abandons the rest.
-    async fn drain(&self, abandon: CancellationToken) -> u64 {
-        self.jobs.close();
-        let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
-        let running = self.config.max_jobs_in_flight - self.slots.available_permits();
-        tracing::info!(running, ?grace, "waiting for running jobs");
-        if tokio::time::timeout(grace, self.jobs.wait()).await.is_ok() {
-            return 0;
-        }
-        let abandoned = (self.config.max_jobs_in_flight - self.slots.available_permits()) as u64;
-        tracing::warn!(
-            abandoned,
-            "grace period over; abandoning running jobs to the next start"
-        );
-        abandon.cancel();
-        self.jobs.wait().await;
-        abandoned
-    }
-}
-
-/// Waits for one Job's outcome and records it.
-struct OutcomeWatch {
-    stager: Stager,
-    metrics: Arc<Metrics>,
-    config: Arc<Config>,
-    launcher: Arc<Launcher>,
-    batch_id: String,
-}
-
-impl OutcomeWatch {
-    async fn run(self, running: Running) {
-        let timer = self.metrics.time_job();
-        let outcome = running.await;
-        drop(timer);
-        let batch_id = self.batch_id.as_str();
-        let label = match &outcome {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed { reason } => {
-                tracing::warn!(batch = %batch_id, %reason, "job failed");
-                "failed"
-            }
-            Outcome::Abandoned => return self.metrics.batch_ended("abandoned"),
-        };
-        self.metrics.batch_ended(label);
-        let settings = DeadLetterSettings {
-            ttl_seconds: self.config.result_ttl_seconds,
-            stream_maxlen: self.config.results_maxlen,
-        };
-        let recorded = match settle(&self.stager, batch_id, &outcome, settings).await {
-            Ok(dead) => {
-                self.metrics.dead_letters.inc_by(dead as u64);
-                self.launcher.finished(&job::job_name(batch_id)).await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = recorded {
-            // The batch stays open (or its Job stays) and the next start settles it again.
-            self.metrics.error(e.metric_label());
-            tracing::error!(batch = %batch_id, error = %e, "could not record the job's outcome");
-        }
     }
 }

@@ -1,9 +1,12 @@
 //! Recording how a batch's Job ended.
 //!
 //! A succeeded Job closes its batch. A failed Job (every retry used, or its deadline passed)
-//! leaves some messages without a result: each of those is given a `dead` result with the
-//! Job's failure reason and its envelope is pushed to `{prefix}:dead`, so no message is
-//! silently lost.
+//! leaves some messages without a result, and one of them is probably poison: something that
+//! kills the runner (a segfault, an OOM kill, a hang). The unfinished messages are split into
+//! two halves staged as new batches, which are launched in turn, recursively, until the
+//! culprit is alone; a message whose Job still fails alone gets a `dead` result with the Job's
+//! failure reason, and its envelope is pushed to `{prefix}:dead`. One poison message among n
+//! costs at most 2·⌈log2 n⌉ extra Jobs, and every other message ends with its own result.
 
 use crate::error::Result;
 use crate::launcher::Outcome;
@@ -22,75 +25,117 @@ pub struct DeadLetterSettings {
     pub stream_maxlen: u64,
 }
 
-/// Records `outcome` for `batch_id`; returns how many messages were dead-lettered.
+/// What recording an outcome led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// The batch is closed; `dead` messages were given up on.
+    Closed {
+        /// Messages dead-lettered.
+        dead: usize,
+    },
+    /// The batch was split into these staged batches, to be launched.
+    Split {
+        /// The two halves' batch ids.
+        children: Vec<String>,
+    },
+}
+
+/// A message of a failed batch that has no result yet.
+struct Unfinished {
+    id: String,
+    message: StagedMessage,
+}
+
+/// Records `outcome` for `batch_id`.
 pub async fn settle(
     stager: &Stager,
     batch_id: &str,
     outcome: &Outcome,
     settings: DeadLetterSettings,
-) -> Result<usize> {
-    match outcome {
+) -> Result<Settled> {
+    let reason = match outcome {
         Outcome::Succeeded => {
             stager.close(batch_id, BatchState::Succeeded, None).await?;
-            Ok(0)
+            return Ok(Settled::Closed { dead: 0 });
         }
-        Outcome::Failed { reason } => {
-            let dead = dead_letter_unfinished(stager, batch_id, reason, settings).await?;
-            stager
-                .close(batch_id, BatchState::Failed, Some(reason))
-                .await?;
-            Ok(dead)
-        }
-        Outcome::Abandoned => Ok(0),
+        Outcome::Abandoned => return Ok(Settled::Closed { dead: 0 }),
+        Outcome::Failed { reason } => reason,
+    };
+    let unfinished = unfinished(stager, batch_id).await?;
+    if unfinished.len() > 1 {
+        let (first, second) = unfinished.split_at(unfinished.len() / 2);
+        let children: Vec<(String, Vec<Vec<u8>>)> = [first, second]
+            .into_iter()
+            .map(|half| {
+                (
+                    uuid::Uuid::now_v7().to_string(),
+                    half.iter().map(|u| u.message.encode()).collect(),
+                )
+            })
+            .collect();
+        stager.split(batch_id, reason, &children).await?;
+        return Ok(Settled::Split {
+            children: children.into_iter().map(|(id, _)| id).collect(),
+        });
     }
+    let dead = dead_letter(stager, batch_id, reason, &unfinished, settings).await?;
+    stager
+        .close(batch_id, BatchState::Failed, Some(reason))
+        .await?;
+    Ok(Settled::Closed { dead })
 }
 
-/// Gives every message of the batch that has no result a `dead` result.
-async fn dead_letter_unfinished(
-    stager: &Stager,
-    batch_id: &str,
-    reason: &str,
-    settings: DeadLetterSettings,
-) -> Result<usize> {
+/// The batch's messages without a result, one per id, in staged order.
+async fn unfinished(stager: &Stager, batch_id: &str) -> Result<Vec<Unfinished>> {
     let keys = stager.keys().clone();
     let mut seen = HashSet::new();
-    let messages: Vec<(String, StagedMessage)> = stager
+    let messages: Vec<Unfinished> = stager
         .frames(batch_id)
         .await?
         .iter()
         .filter_map(|frame| StagedMessage::decode(frame).ok())
-        .map(|m| {
-            (
-                m.resolve_id(Envelope::id_hint(&m.body).as_deref())
-                    .to_owned(),
-                m,
-            )
+        .map(|message| {
+            let id = message
+                .resolve_id(Envelope::id_hint(&message.body).as_deref())
+                .to_owned();
+            Unfinished { id, message }
         })
-        .filter(|(id, _)| seen.insert(id.clone()))
+        .filter(|u| seen.insert(u.id.clone()))
         .collect();
     let done: Vec<bool> = stager
         .retry("checking results of a failed batch", |mut con| {
             let mut pipe = redis::pipe();
-            for (id, _) in &messages {
-                pipe.exists(keys.result(id));
+            for u in &messages {
+                pipe.exists(keys.result(&u.id));
             }
             async move { pipe.query_async(&mut con).await }
         })
         .await?;
-    let unfinished: Vec<_> = messages
-        .iter()
+    Ok(messages
+        .into_iter()
         .zip(done)
         .filter(|(_, done)| !done)
-        .map(|(m, _)| m)
-        .collect();
-    if unfinished.is_empty() {
+        .map(|(u, _)| u)
+        .collect())
+}
+
+/// Gives each message a `dead` result and pushes its envelope to `{prefix}:dead`.
+async fn dead_letter(
+    stager: &Stager,
+    batch_id: &str,
+    reason: &str,
+    messages: &[Unfinished],
+    settings: DeadLetterSettings,
+) -> Result<usize> {
+    if messages.is_empty() {
         return Ok(0);
     }
-    let reason = format!("gave up after the Job failed: {reason}");
+    let keys = stager.keys().clone();
+    let reason = format!("gave up: the message's Job failed on its own: {reason}");
     stager
         .retry("dead-lettering messages", |mut con| {
             let mut pipe = redis::pipe();
-            for (id, message) in &unfinished {
+            for Unfinished { id, message } in messages {
                 let record = ResultRecord {
                     id: id.clone(),
                     status: Status::Dead,
@@ -117,5 +162,5 @@ async fn dead_letter_unfinished(
             async move { pipe.query_async::<()>(&mut con).await }
         })
         .await?;
-    Ok(unfinished.len())
+    Ok(messages.len())
 }

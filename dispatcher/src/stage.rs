@@ -132,6 +132,51 @@ impl Stager {
         self.exec("closing a batch", pipe.ignore()).await
     }
 
+    /// Replaces a failed batch by the given halves in one transaction: each half is staged
+    /// (with `parent` naming the batch it came from) and the failed batch is closed as `split`,
+    /// so a crash never leaves both or neither.
+    pub async fn split(
+        &self,
+        parent: &str,
+        reason: &str,
+        children: &[(String, Vec<Vec<u8>>)],
+    ) -> Result<()> {
+        let now = unix_millis().to_string();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (child, frames) in children {
+            pipe.del(self.keys.batch_messages(child))
+                .rpush(self.keys.batch_messages(child), frames)
+                .hset_multiple(
+                    self.keys.batch(child),
+                    &[
+                        ("state", BatchState::Staged.as_str().to_owned()),
+                        ("size", frames.len().to_string()),
+                        ("job", crate::job::job_name(child)),
+                        ("created_at", now.clone()),
+                        ("parent", parent.to_owned()),
+                    ],
+                )
+                .sadd(self.keys.open_batches(), child)
+                .hincr(self.keys.stats(), "batches", 1);
+        }
+        let batch = self.keys.batch(parent);
+        pipe.hset_multiple(
+            &batch,
+            &[
+                ("state", BatchState::Split.as_str()),
+                ("finished_at", now.as_str()),
+                ("reason", reason),
+            ],
+        )
+        .srem(self.keys.open_batches(), parent)
+        .del(self.keys.batch_messages(parent));
+        if self.ttl_seconds > 0 {
+            pipe.expire(&batch, i64::try_from(self.ttl_seconds).unwrap_or(i64::MAX));
+        }
+        self.exec("splitting a batch", pipe.ignore()).await
+    }
+
     /// Ids of batches staged but not closed.
     pub async fn open_batches(&self) -> Result<Vec<String>> {
         let key = self.keys.open_batches();

@@ -5,6 +5,7 @@
 use serde_json::json;
 use sluice_tests::cases::mixed;
 use sluice_tests::{Outgoing, TestEnv, require_binaries, spawn_dispatcher};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -110,55 +111,96 @@ async fn max_jobs_in_flight_caps_concurrent_runner_processes() {
     env.cleanup().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_whose_runner_keeps_crashing_dead_letters_what_is_unfinished() {
-    require_binaries().unwrap();
-    let env = TestEnv::new("crash").await.unwrap();
+/// Publishes `count` echo messages with one `crash` at `poison`, all in one batch, and waits
+/// for every result. Returns the results, the dead list and the batches staged.
+async fn run_with_poison(
+    env: &TestEnv,
+    count: usize,
+    poison: usize,
+) -> (HashMap<String, HashMap<String, String>>, Vec<String>, u64) {
+    let batch = count.to_string();
     let config = env
         .config(&[
-            ("BATCH_MAX_MESSAGES", "6"),
-            ("BATCH_LINGER_MS", "2000"),
+            ("BATCH_MAX_MESSAGES", &batch),
+            ("BATCH_LINGER_MS", "3000"),
             ("JOB_BACKOFF_LIMIT", "1"),
         ])
         .unwrap();
     let stop = CancellationToken::new();
     let dispatcher = spawn_dispatcher(config, stop.clone());
-    let mut messages: Vec<Outgoing> = (0..5)
-        .map(|i| Outgoing::json(&json!({"id": format!("e{i}"), "kernel": "echo", "input": i})))
+    let ids: Vec<String> = (0..count)
+        .map(|i| {
+            if i == poison {
+                "poison".into()
+            } else {
+                format!("e{i}")
+            }
+        })
         .collect();
-    messages.insert(2, Outgoing::json(&json!({"id": "boom", "kernel": "crash"})));
+    let messages: Vec<Outgoing> = ids
+        .iter()
+        .map(|id| {
+            let kernel = if id == "poison" { "crash" } else { "echo" };
+            Outgoing::json(&json!({"id": id, "kernel": kernel, "input": id}))
+        })
+        .collect();
     env.publish(&messages).await.unwrap();
-
-    let ids: Vec<String> = ["e0", "e1", "boom", "e2", "e3", "e4"]
-        .map(String::from)
-        .to_vec();
     let results = env
-        .wait_for_results(&ids, Duration::from_secs(60))
+        .wait_for_results(&ids, Duration::from_secs(120))
         .await
         .unwrap();
-    let boom = &results["boom"];
-    assert_eq!(boom["status"], "dead", "{boom:?}");
-    assert!(
-        boom["error"].contains("BackoffLimitExceeded") && boom["error"].contains("signal 6"),
-        "{boom:?}"
-    );
-    let dead = results.values().filter(|r| r["status"] == "dead").count();
-    let ok = results.values().filter(|r| r["status"] == "ok").count();
-    assert_eq!(ok + dead, 6, "every message ends ok or dead: {results:?}");
-
+    stop.cancel();
+    dispatcher.await.unwrap().unwrap();
     let mut con = env.redis().await.unwrap();
-    let dead_list: Vec<String> =
+    let dead: Vec<String> =
         redis::AsyncCommands::lrange(&mut con, format!("{}:dead", env.prefix), 0, -1)
             .await
             .unwrap();
-    assert_eq!(dead_list.len(), dead);
-    assert!(dead_list.iter().any(|e| e.contains("\"boom\"")));
+    let batches = env.stats().await.unwrap()["batches"];
+    (results, dead, batches)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_kills_its_runner_is_isolated_and_dead_lettered() {
+    require_binaries().unwrap();
+    let env = TestEnv::new("crash").await.unwrap();
+    let (results, dead, _) = run_with_poison(&env, 6, 2).await;
+    let poison = &results["poison"];
+    assert_eq!(poison["status"], "dead", "{poison:?}");
+    assert!(
+        poison["error"].contains("BackoffLimitExceeded") && poison["error"].contains("signal 6"),
+        "the reason names how the runner died: {poison:?}"
+    );
+    for (id, result) in results.iter().filter(|(id, _)| *id != "poison") {
+        assert_eq!(result["status"], "ok", "{id} is not poison: {result:?}");
+    }
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].contains("\"poison\"") && dead[0].contains("crash"),
+        "{dead:?}"
+    );
     assert_eq!(
         env.stream_len().await.unwrap(),
         6,
         "one stream entry per message"
     );
-    stop.cancel();
-    dispatcher.await.unwrap().unwrap();
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_poison_message_in_a_thousand_costs_at_most_2_log2_n_plus_1_extra_jobs() {
+    require_binaries().unwrap();
+    let env = TestEnv::new("bisect").await.unwrap();
+    let (results, dead, batches) = run_with_poison(&env, 1_000, 617).await;
+    let ok = results.values().filter(|r| r["status"] == "ok").count();
+    assert_eq!((ok, dead.len()), (999, 1));
+    assert_eq!(results["poison"]["status"], "dead");
+    let extra_jobs = batches - 1;
+    println!("bisection: 1 poison message in 1,000 isolated with {extra_jobs} extra Jobs");
+    assert!(
+        extra_jobs <= 2 * 10 + 1,
+        "{extra_jobs} extra Jobs for one poison message in 1,000"
+    );
+    assert_eq!(env.stream_len().await.unwrap(), 1_000);
     env.cleanup().await.unwrap();
 }

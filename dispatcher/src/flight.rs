@@ -1,0 +1,189 @@
+//! Jobs in flight: the `MAX_JOBS_IN_FLIGHT` cap, launching staged batches, and recording each
+//! Job's outcome — including relaunching the two halves of a batch split to isolate a poison
+//! message.
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::job;
+use crate::launcher::{Launcher, Outcome, Running};
+use crate::metrics::Metrics;
+use crate::settle::{DeadLetterSettings, Settled, settle};
+use crate::stage::Stager;
+use futures::future::BoxFuture;
+use sluice_contract::BatchState;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The running Jobs and what they need; cheap to clone into tasks.
+#[derive(Clone)]
+pub struct Flight {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    stager: Stager,
+    launcher: Launcher,
+    slots: Arc<Semaphore>,
+    jobs: TaskTracker,
+    metrics: Arc<Metrics>,
+    /// Cancelled when the shutdown grace runs out: stop waiting for Jobs.
+    abandon: CancellationToken,
+}
+
+impl Flight {
+    /// Jobs tracked by `launcher`, at most `MAX_JOBS_IN_FLIGHT` at once.
+    pub fn new(
+        config: Arc<Config>,
+        stager: Stager,
+        launcher: Launcher,
+        metrics: Arc<Metrics>,
+        abandon: CancellationToken,
+    ) -> Self {
+        let slots = Arc::new(Semaphore::new(config.max_jobs_in_flight));
+        let inner = Inner {
+            config,
+            stager,
+            launcher,
+            slots,
+            jobs: TaskTracker::new(),
+            metrics,
+            abandon,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The launcher, for its kind and for releasing finished Jobs.
+    pub fn launcher(&self) -> &Launcher {
+        &self.inner.launcher
+    }
+
+    /// Waits for a free slot under the cap; `None` once `stop` is cancelled.
+    pub async fn slot(&self, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            () = stop.cancelled() => None,
+            permit = Arc::clone(&self.inner.slots).acquire_owned() => permit.ok(),
+        }
+    }
+
+    /// Launches the Job of a staged batch and tracks it until its outcome is recorded.
+    pub async fn launch(&self, batch_id: &str, permit: OwnedSemaphorePermit) -> Result<()> {
+        let inner = &self.inner;
+        let job = job::build(&inner.config, batch_id);
+        inner
+            .stager
+            .set_state(batch_id, BatchState::Running)
+            .await?;
+        let running = match inner.launcher.launch(&job).await {
+            Ok(running) => running,
+            Err(e) => {
+                // Back to staged: an open batch is tried again on the next start.
+                inner.stager.set_state(batch_id, BatchState::Staged).await?;
+                return Err(e);
+            }
+        };
+        inner.metrics.launched.inc();
+        let (flight, batch_id) = (self.clone(), batch_id.to_owned());
+        inner
+            .jobs
+            .spawn(async move { flight.follow(batch_id, running, permit).await });
+        Ok(())
+    }
+
+    /// Waits for one Job's outcome, records it, and relaunches split halves.
+    async fn follow(self, batch_id: String, running: Running, permit: OwnedSemaphorePermit) {
+        let inner = &self.inner;
+        let timer = inner.metrics.time_job();
+        let outcome = running.await;
+        drop(timer);
+        let label = match &outcome {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed { reason } => {
+                tracing::warn!(batch = %batch_id, %reason, "job failed");
+                "failed"
+            }
+            Outcome::Abandoned => return inner.metrics.batch_ended("abandoned"),
+        };
+        inner.metrics.batch_ended(label);
+        let settings = DeadLetterSettings {
+            ttl_seconds: inner.config.result_ttl_seconds,
+            stream_maxlen: inner.config.results_maxlen,
+        };
+        let recorded = match settle(&inner.stager, &batch_id, &outcome, settings).await {
+            Ok(settled) => self.after_settle(&batch_id, settled, permit).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            // The batch stays open (or its Job stays) and the next start settles it again.
+            inner.metrics.error(e.metric_label());
+            tracing::error!(batch = %batch_id, error = %e, "could not record the job's outcome");
+        }
+    }
+
+    async fn after_settle(
+        &self,
+        batch_id: &str,
+        settled: Settled,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        inner.launcher.finished(&job::job_name(batch_id)).await?;
+        match settled {
+            Settled::Closed { dead } => {
+                inner.metrics.dead_letters.inc_by(dead as u64);
+            }
+            Settled::Split { children } => {
+                // Free this Job's slot first: with a cap of one, the halves need it.
+                drop(permit);
+                tracing::info!(batch = %batch_id, ?children, "split a failed batch to isolate its poison message");
+                for child in children {
+                    // On abandon the half stays staged and the next start launches it.
+                    let Some(slot) = self.slot(&inner.abandon).await else {
+                        break;
+                    };
+                    self.relaunch(child, slot).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Flight::launch`] behind a boxed, `Send` future: launching from inside a followed Job's
+    /// task is recursive, and naming the future's type breaks the cycle for the compiler.
+    fn relaunch(
+        &self,
+        batch_id: String,
+        permit: OwnedSemaphorePermit,
+    ) -> BoxFuture<'static, Result<()>> {
+        let flight = self.clone();
+        Box::pin(async move { flight.launch(&batch_id, permit).await })
+    }
+
+    /// Lets running Jobs finish within `grace`, then abandons the rest; returns how many were
+    /// abandoned.
+    pub async fn drain(&self, grace: Duration) -> u64 {
+        let inner = &self.inner;
+        inner.jobs.close();
+        tracing::info!(running = self.running(), ?grace, "waiting for running jobs");
+        if tokio::time::timeout(grace, inner.jobs.wait()).await.is_ok() {
+            return 0;
+        }
+        let abandoned = self.running() as u64;
+        tracing::warn!(
+            abandoned,
+            "grace period over; abandoning running jobs to the next start"
+        );
+        inner.abandon.cancel();
+        inner.jobs.wait().await;
+        abandoned
+    }
+
+    fn running(&self) -> usize {
+        self.inner.config.max_jobs_in_flight - self.inner.slots.available_permits()
+    }
+}
