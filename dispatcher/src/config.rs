@@ -112,6 +112,9 @@ pub struct Config {
     /// Kueue `LocalQueue` to submit Jobs to; when set, Jobs are created suspended for Kueue.
     #[serde(default)]
     pub kueue_queue: Option<String>,
+    /// Tests only: `POINT@N` crashes the dispatcher at a dangerous point (see `failpoint`).
+    #[serde(default)]
+    pub sluice_failpoint: Option<String>,
     /// Passed through to local runners; enables the test kernels.
     #[serde(default)]
     pub sluice_test_kernels: Option<String>,

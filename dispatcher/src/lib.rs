@@ -16,7 +16,8 @@
 //!   dead-letters a message that fails alone.
 //! - [`serve`]: the loop tying these together, recovery of open batches, graceful shutdown.
 //!
-//! Around them: [`config`] (environment), [`error`], [`retry`] (backoff), [`metrics`]
+//! Around them: [`config`] (environment), [`error`], [`retry`] (backoff), [`failpoint`]
+//! (crash points for tests), [`metrics`]
 //! (Prometheus and health endpoints), [`shutdown`] (signals), and the [`publish`] and
 //! [`status`] commands.
 
@@ -24,6 +25,7 @@ pub mod batcher;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod failpoint;
 pub mod flight;
 pub mod job;
 pub mod launcher;

@@ -9,6 +9,7 @@ use crate::batcher::{Batcher, Limits, Next};
 use crate::config::Config;
 use crate::consumer::{Consumer, Pending};
 use crate::error::{Error, Result};
+use crate::failpoint::Failpoint;
 use crate::flight::Flight;
 use crate::metrics::Metrics;
 use crate::stage::Stager;
@@ -32,6 +33,7 @@ pub struct Summary {
 /// The running dispatcher's shared parts.
 struct Dispatcher {
     config: Arc<Config>,
+    failpoint: Failpoint,
     stager: Stager,
     flight: Flight,
     metrics: Arc<Metrics>,
@@ -60,8 +62,10 @@ pub async fn run(
         Arc::clone(&metrics),
         abandon,
     );
+    let failpoint = Failpoint::parse(config.sluice_failpoint.as_deref());
     let dispatcher = Dispatcher {
         config,
+        failpoint,
         stager,
         flight,
         metrics,
@@ -201,17 +205,21 @@ impl Dispatcher {
         let last_tag = batch.last().map_or(0, |p| p.tag);
         let size = batch.len() as u64;
         let frames: Vec<Vec<u8>> = batch.into_iter().map(|p| p.frame).collect();
+        self.failpoint.hit("before-stage");
         self.stager
             .stage(&batch_id, &job::job_name(&batch_id), &frames)
             .await?;
         drop(frames);
+        self.failpoint.hit("before-launch");
         if let Err(e) = self.flight.launch(&batch_id, permit).await {
             // The deliveries return to the queue when this session closes: drop the staged
             // copy, so the redelivered messages are staged once.
             self.stager.discard(&batch_id, size as usize).await?;
             return Err(e);
         }
+        self.failpoint.hit("before-ack");
         consumer.ack_through(last_tag).await?;
+        self.failpoint.hit("after-ack");
         self.metrics.messages.inc_by(size);
         Ok(())
     }

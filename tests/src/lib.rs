@@ -6,6 +6,8 @@
 
 pub mod cases;
 pub mod fake_kube;
+pub mod guarantee;
+pub mod proxy;
 
 use anyhow::{Result, bail};
 use futures::StreamExt;
@@ -124,6 +126,7 @@ impl TestEnv {
             ("LAUNCHER", "local"),
             ("SLUICE_TEST_KERNELS", "1"),
             ("RUNNER_LOG", "warn"),
+            ("RUST_LOG", "warn"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

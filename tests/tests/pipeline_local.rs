@@ -27,6 +27,10 @@ async fn a_thousand_mixed_messages_all_end_with_the_right_result() {
     env.run_cases(&cases, Duration::from_secs(120))
         .await
         .unwrap();
+    let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
+    let figures = env.figures(&ids, Duration::from_secs(1)).await.unwrap();
+    sluice_tests::guarantee::record("bad-input matrix: 19 kinds among 1,000 mixed", 0, &figures);
+    assert_eq!((figures.lost, figures.duplicated), (0, 0), "{figures:?}");
     let stats = env.stats().await.unwrap();
     assert_eq!(stats["received"], 1_000);
     assert_eq!(stats["ok"] + stats["error"], 1_000);
@@ -202,5 +206,21 @@ async fn one_poison_message_in_a_thousand_costs_at_most_2_log2_n_plus_1_extra_jo
         "{extra_jobs} extra Jobs for one poison message in 1,000"
     );
     assert_eq!(env.stream_len().await.unwrap(), 1_000);
+    let ids: Vec<String> = (0..1_000)
+        .map(|i| {
+            if i == 617 {
+                "poison".into()
+            } else {
+                format!("e{i}")
+            }
+        })
+        .collect();
+    let figures = env.figures(&ids, Duration::from_secs(1)).await.unwrap();
+    sluice_tests::guarantee::record("a poison message (crash) in a batch of 1,000", 1, &figures);
+    assert_eq!(
+        (figures.lost, figures.duplicated, figures.dead),
+        (0, 0, 1),
+        "{figures:?}"
+    );
     env.cleanup().await.unwrap();
 }
