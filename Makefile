@@ -10,7 +10,7 @@ N ?= 100
 KERNEL ?= modsum
 INPUT ?=
 
-.PHONY: all build release demo demo-local demo-kind test services tools validate fmt lint \
+.PHONY: all build release demo demo-local demo-kind test services tools validate deny fmt lint \
         kind-up publish results kind-down clean
 
 all: build
@@ -45,13 +45,20 @@ demo-kind: kind-up release
 	@scripts/kind.sh check 200
 	@scripts/kind.sh results
 
-## Formatting, lints, manifest and image validation, then every test against real services.
-test: services tools validate
+## Formatting, lints, dependency policy, manifest and image validation, then every test against
+## real services, ending with the reliability figures and one summary line.
+test: services tools validate deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
+	@rm -f target/reliability.tsv
 	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; \
-	  status=$$?; scripts/test-summary.sh target/test.log; exit $$status
+	  status=$$?; echo; scripts/reliability-table.sh target/reliability.tsv || status=1; \
+	  scripts/test-summary.sh target/test.log; exit $$status
+
+## Licenses, banned crates and sources (deny.toml).
+deny:
+	cargo deny check licenses bans sources
 
 ## Python tools: pika (foreign-producer suite) and the offline validators.
 tools: $(VENV)/.installed

@@ -7,6 +7,7 @@
 use serde_json::json;
 use sluice_tests::cases::mixed;
 use sluice_tests::fake_kube::FakeKube;
+use sluice_tests::guarantee::record;
 use sluice_tests::{Outgoing, TestEnv, binary, require_binaries, spawn_dispatcher};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -157,6 +158,9 @@ async fn a_dispatcher_restarted_while_jobs_run_adopts_them_and_loses_nothing() {
         150,
         "one result per message"
     );
+    let figures = env.figures(&ids, Duration::from_secs(1)).await.unwrap();
+    record("kube: dispatcher restarted while Jobs run", 1, &figures);
+    assert_eq!((figures.lost, figures.duplicated), (0, 0), "{figures:?}");
     env.cleanup().await.unwrap();
 }
 
@@ -194,6 +198,13 @@ async fn api_server_errors_are_retried_and_nothing_is_lost() {
     assert_eq!(env.stream_len().await.unwrap(), 200);
     let stats = fake.stats();
     assert!(stats.faults > 0, "faults were injected: {stats:?}");
+    let figures = env.figures(&ids, Duration::from_secs(1)).await.unwrap();
+    record(
+        "kube: API server answering 500 (3 s), then 429 (2 s)",
+        stats.faults as usize,
+        &figures,
+    );
+    assert_eq!((figures.lost, figures.duplicated), (0, 0), "{figures:?}");
     assert!(stats.creates.values().all(|&n| n == 1), "{stats:?}");
     stop.cancel();
     dispatcher.await.unwrap().unwrap();
