@@ -10,7 +10,7 @@ N ?= 100
 KERNEL ?= modsum
 INPUT ?=
 
-.PHONY: all build release demo demo-local demo-kind test services tools validate deny fmt lint \
+.PHONY: all build release demo demo-local demo-kind test bench services tools validate deny fmt lint \
         kind-up publish results kind-down clean
 
 all: build
@@ -59,6 +59,13 @@ test: services tools validate deny
 ## Licenses, banned crates and sources (deny.toml).
 deny:
 	cargo deny check licenses bans sources
+
+## The benchmark: criterion kernel benches, then every end-to-end scenario, one table.
+## Figures are ratios measured side by side in this one run (docs/PERFORMANCE.md).
+bench: services tools release
+	$(CARGO) bench -p sluice-runner --bench kernels
+	$(CARGO) build --release -p sluice-bench
+	target/release/sluice-bench | tee target/bench.md
 
 ## Python tools: pika (foreign-producer suite) and the offline validators.
 tools: $(VENV)/.installed

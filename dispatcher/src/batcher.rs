@@ -87,6 +87,12 @@ impl<T: Weighed> Batcher<T> {
         closed
     }
 
+    /// Changes the count limit for batches from now on (adaptive sizing); an open batch already
+    /// at the new limit closes on its next item.
+    pub fn set_max_messages(&mut self, max_messages: usize) {
+        self.limits.max_messages = max_messages.max(1);
+    }
+
     /// When the open batch must close, if one is open.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline

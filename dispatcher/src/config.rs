@@ -34,9 +34,15 @@ pub struct Config {
     /// Prefix of every Redis key.
     #[serde(default = "d::key_prefix")]
     pub key_prefix: String,
-    /// A batch closes at this many messages.
+    /// A batch closes at this many messages (the most an adaptive batch may hold).
     #[serde(default = "d::batch_max_messages")]
     pub batch_max_messages: u16,
+    /// `adaptive` (batch size follows queue depth and cost per message) or `fixed`.
+    #[serde(default = "d::batch_mode")]
+    pub batch_mode: crate::sizer::BatchMode,
+    /// Adaptive mode: about this much work per Job, in seconds.
+    #[serde(default = "d::target_job_seconds")]
+    pub target_job_seconds: f64,
     /// A batch closes before its bodies exceed this many bytes.
     #[serde(default = "d::batch_max_bytes")]
     pub batch_max_bytes: usize,
@@ -136,7 +142,13 @@ mod d {
         defaults::DEFAULT_KEY_PREFIX.into()
     }
     pub fn batch_max_messages() -> u16 {
-        100
+        500
+    }
+    pub fn batch_mode() -> crate::sizer::BatchMode {
+        crate::sizer::BatchMode::Adaptive
+    }
+    pub fn target_job_seconds() -> f64 {
+        5.0
     }
     pub fn batch_max_bytes() -> usize {
         8 << 20
@@ -225,6 +237,8 @@ impl Config {
             "BATCH_MAX_MESSAGES must be at least 1"
         } else if self.batch_max_bytes == 0 {
             "BATCH_MAX_BYTES must be at least 1"
+        } else if !self.target_job_seconds.is_finite() || self.target_job_seconds <= 0.0 {
+            "TARGET_JOB_SECONDS must be a positive number of seconds"
         } else if self.max_jobs_in_flight == 0 {
             "MAX_JOBS_IN_FLIGHT must be at least 1"
         } else if self.queue.is_empty() || self.key_prefix.is_empty() {
@@ -307,18 +321,24 @@ mod tests {
                 c.batch_linger_ms,
                 c.max_jobs_in_flight
             ),
-            (100, 200, 4)
+            (500, 200, 4)
         );
-        assert_eq!(c.prefetch(), 200);
+        assert_eq!(c.prefetch(), 1000);
+        assert_eq!(c.batch_mode, crate::sizer::BatchMode::Adaptive);
+        assert!((c.target_job_seconds - 5.0).abs() < f64::EPSILON);
         assert_eq!(c.runner_threads(), 1);
     }
 
     #[test]
     fn zero_limits_and_bad_quantities_are_rejected() {
         assert!(config(&[("BATCH_MAX_MESSAGES", "0")]).is_err());
+        assert!(config(&[("BATCH_MODE", "sometimes")]).is_err());
+        assert!(config(&[("TARGET_JOB_SECONDS", "0")]).is_err());
         assert!(config(&[("MAX_JOBS_IN_FLIGHT", "0")]).is_err());
         assert!(config(&[("RUNNER_CPU", "lots")]).is_err());
         assert!(config(&[("LAUNCHER", "docker")]).is_err());
+        assert!(config(&[("BATCH_MODE", "sometimes")]).is_err());
+        assert!(config(&[("TARGET_JOB_SECONDS", "0")]).is_err());
     }
 
     #[test]

@@ -116,6 +116,21 @@ impl Consumer {
             .map_err(Error::amqp("acking a batch"))
     }
 
+    /// Messages ready in `queue` (a passive declare: one round trip), for adaptive sizing.
+    pub async fn depth(&self, queue: &str) -> Result<u32> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = self
+            .channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .map_err(Error::amqp("reading the queue depth"))?;
+        Ok(queue.message_count())
+    }
+
     /// Closes the connection; the broker requeues every unacked delivery.
     pub async fn close(self) {
         if let Err(e) = self

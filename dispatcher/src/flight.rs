@@ -8,6 +8,7 @@ use crate::job;
 use crate::launcher::{Launcher, Outcome, Running};
 use crate::metrics::Metrics;
 use crate::settle::{DeadLetterSettings, Settled, settle};
+use crate::sizer::Sizer;
 use crate::stage::Stager;
 use futures::future::BoxFuture;
 use sluice_contract::BatchState;
@@ -30,6 +31,7 @@ struct Inner {
     slots: Arc<Semaphore>,
     jobs: TaskTracker,
     metrics: Arc<Metrics>,
+    sizer: Arc<Sizer>,
     /// Cancelled when the shutdown grace runs out: stop waiting for Jobs.
     abandon: CancellationToken,
 }
@@ -41,6 +43,7 @@ impl Flight {
         stager: Stager,
         launcher: Launcher,
         metrics: Arc<Metrics>,
+        sizer: Arc<Sizer>,
         abandon: CancellationToken,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_jobs_in_flight));
@@ -51,6 +54,7 @@ impl Flight {
             slots,
             jobs: TaskTracker::new(),
             metrics,
+            sizer,
             abandon,
         };
         Self {
@@ -133,6 +137,11 @@ impl Flight {
     ) -> Result<()> {
         let inner = &self.inner;
         inner.launcher.finished(&job::job_name(batch_id)).await?;
+        if let Some((messages, work_us)) = inner.stager.work(batch_id).await? {
+            inner
+                .sizer
+                .observe(messages, Duration::from_micros(work_us));
+        }
         match settled {
             Settled::Closed { dead } => {
                 inner.metrics.dead_letters.inc_by(dead as u64);

@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //! - [`consumer`]: RabbitMQ connection, prefetch, manual acks; a delivery becomes a staged frame.
-//! - [`batcher`]: closes batches on count, bytes or linger.
+//! - [`batcher`]: closes batches on count, bytes or linger; [`sizer`] picks the count.
 //! - [`stage`]: stores the batch in Redis atomically and records its state.
 //! - [`job`]: the typed Kubernetes Job for the batch.
 //! - [`launcher`]: starts the Job (`local`: a child process; `kube`: a Job in the cluster) and
@@ -36,6 +36,7 @@ pub mod retry;
 pub mod serve;
 pub mod settle;
 pub mod shutdown;
+pub mod sizer;
 pub mod stage;
 pub mod status;
 

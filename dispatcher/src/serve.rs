@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::failpoint::Failpoint;
 use crate::flight::Flight;
 use crate::metrics::Metrics;
+use crate::sizer::{BatchMode, Sizer};
 use crate::stage::Stager;
 use crate::{job, launcher};
 use futures::StreamExt;
@@ -33,6 +34,7 @@ pub struct Summary {
 /// The running dispatcher's shared parts.
 struct Dispatcher {
     config: Arc<Config>,
+    sizer: Arc<Sizer>,
     failpoint: Failpoint,
     stager: Stager,
     flight: Flight,
@@ -55,16 +57,24 @@ pub async fn run(
     };
     tracing::info!(launcher = launcher.kind(), queue = %config.queue, "dispatcher starting");
     let config = Arc::new(config);
+    let sizer = Arc::new(Sizer::new(
+        config.batch_mode,
+        usize::from(config.batch_max_messages),
+        Duration::from_secs_f64(config.target_job_seconds),
+        config.max_jobs_in_flight,
+    ));
     let flight = Flight::new(
         Arc::clone(&config),
         stager.clone(),
         launcher,
         Arc::clone(&metrics),
+        Arc::clone(&sizer),
         abandon,
     );
     let failpoint = Failpoint::parse(config.sluice_failpoint.as_deref());
     let dispatcher = Dispatcher {
         config,
+        sizer,
         failpoint,
         stager,
         flight,
@@ -166,6 +176,12 @@ impl Dispatcher {
         let mut batcher = Batcher::new(limits);
         let mut deliveries = stream.map(|d| d.map(|d| Pending::new(d, max_bytes)));
         let result = loop {
+            if batcher.is_empty() && self.config.batch_mode == BatchMode::Adaptive {
+                match consumer.depth(&self.config.queue).await {
+                    Ok(depth) => batcher.set_max_messages(self.sizer.size(depth as usize)),
+                    Err(e) => break Err(e),
+                }
+            }
             let next = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
                 // Cancellation-safe: received items stay in the batcher.

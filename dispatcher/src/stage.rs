@@ -206,6 +206,25 @@ impl Stager {
         Ok(job.map(|job| (job, state.as_deref().and_then(BatchState::parse))))
     }
 
+    /// A finished batch's size and the runner's processing time (`work_us`), if recorded.
+    pub async fn work(&self, batch_id: &str) -> Result<Option<(usize, u64)>> {
+        let key = self.keys.batch(batch_id);
+        let (size, work): (Option<usize>, Option<u64>) = self
+            .retry("reading a batch's work time", move |mut con| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(key)
+                        .arg("size")
+                        .arg("work_us")
+                        .query_async(&mut con)
+                        .await
+                }
+            })
+            .await?;
+        Ok(size.zip(work))
+    }
+
     /// A batch's staged frames.
     pub async fn frames(&self, batch_id: &str) -> Result<Vec<Vec<u8>>> {
         let key = self.keys.batch_messages(batch_id);

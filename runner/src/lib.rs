@@ -53,6 +53,7 @@ pub fn run(config: &Config) -> Result<Summary> {
     let env = &config.env;
     let keys = Keys::new(&env.key_prefix);
     let mut store = Store::new(&config.redis_url, config.redis_retry)?;
+    let started = std::time::Instant::now();
 
     let frames = batch::load(&mut store, &keys, &env.batch_id)?;
     let mut plan = batch::plan(&frames, env);
@@ -79,7 +80,7 @@ pub fn run(config: &Config) -> Result<Summary> {
         scope.spawn(move || execute::run_all(tasks, &env.batch_id, config.test_kernels, &tx));
         write_as_completed(&rx, &mut sink, config.flush_interval)
     })?;
-    mark_finished(&mut store, &keys, &env.batch_id)?;
+    mark_finished(&mut store, &keys, &env.batch_id, started.elapsed())?;
 
     let summary = Summary {
         messages,
@@ -109,9 +110,17 @@ fn write_as_completed(
     Ok(sink.tally)
 }
 
-fn mark_finished(store: &mut Store, keys: &Keys, batch_id: &str) -> Result<()> {
+/// Marks the batch succeeded, with the time its processing took (`work_us`: what adaptive
+/// batching learns the cost per message from, free of pod start-up).
+fn mark_finished(
+    store: &mut Store,
+    keys: &Keys,
+    batch_id: &str,
+    work: std::time::Duration,
+) -> Result<()> {
     let key = keys.batch(batch_id);
     let now = unix_millis();
+    let work_us = work.as_micros() as u64;
     store.call("marking the batch finished", |con| {
         redis::cmd("HSET")
             .arg(&key)
@@ -119,6 +128,8 @@ fn mark_finished(store: &mut Store, keys: &Keys, batch_id: &str) -> Result<()> {
             .arg(BatchState::Succeeded.as_str())
             .arg("finished_at")
             .arg(now)
+            .arg("work_us")
+            .arg(work_us)
             .query::<()>(con)
     })
 }

@@ -127,6 +127,8 @@ impl TestEnv {
             ("SLUICE_TEST_KERNELS", "1"),
             ("RUNNER_LOG", "warn"),
             ("RUST_LOG", "warn"),
+            // Suites assert exact batch compositions; the mixed suite opts into adaptive.
+            ("BATCH_MODE", "fixed"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -17,6 +17,7 @@ async fn a_thousand_mixed_messages_all_end_with_the_right_result() {
 
     let config = env
         .config(&[
+            ("BATCH_MODE", "adaptive"),
             ("BATCH_MAX_MESSAGES", "100"),
             ("BATCH_LINGER_MS", "100"),
             ("MAX_MESSAGE_BYTES", "4096"),
