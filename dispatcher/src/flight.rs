@@ -103,7 +103,9 @@ impl Flight {
     async fn follow(self, batch_id: String, running: Running, permit: OwnedSemaphorePermit) {
         let inner = &self.inner;
         let timer = inner.metrics.time_job();
+        let launched = std::time::Instant::now();
         let outcome = running.await;
+        let lasted = launched.elapsed();
         drop(timer);
         let label = match &outcome {
             Outcome::Succeeded => "succeeded",
@@ -119,7 +121,7 @@ impl Flight {
             stream_maxlen: inner.config.results_maxlen,
         };
         let recorded = match settle(&inner.stager, &batch_id, &outcome, settings).await {
-            Ok(settled) => self.after_settle(&batch_id, settled, permit).await,
+            Ok(settled) => self.after_settle(&batch_id, settled, permit, lasted).await,
             Err(e) => Err(e),
         };
         if let Err(e) = recorded {
@@ -134,13 +136,14 @@ impl Flight {
         batch_id: &str,
         settled: Settled,
         permit: OwnedSemaphorePermit,
+        lasted: Duration,
     ) -> Result<()> {
         let inner = &self.inner;
         inner.launcher.finished(&job::job_name(batch_id)).await?;
         if let Some((messages, work_us)) = inner.stager.work(batch_id).await? {
             inner
                 .sizer
-                .observe(messages, Duration::from_micros(work_us));
+                .observe(messages, Duration::from_micros(work_us), lasted);
         }
         match settled {
             Settled::Closed { dead } => {

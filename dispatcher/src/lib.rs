@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - [`consumer`]: RabbitMQ connection, prefetch, manual acks; a delivery becomes a staged frame.
-//! - [`batcher`]: closes batches on count, bytes or linger; [`sizer`] picks the count.
+//! - [`batcher`]: closes batches on count, bytes or linger; [`sizer`] picks the count from the
+//!   [`backlog`] (queue depth plus deliveries already pushed to the consumer).
 //! - [`stage`]: stores the batch in Redis atomically and records its state.
 //! - [`job`]: the typed Kubernetes Job for the batch.
 //! - [`launcher`]: starts the Job (`local`: a child process; `kube`: a Job in the cluster) and
@@ -21,6 +22,7 @@
 //! (Prometheus and health endpoints), [`shutdown`] (signals), and the [`publish`] and
 //! [`status`] commands.
 
+pub mod backlog;
 pub mod batcher;
 pub mod config;
 pub mod consumer;

@@ -5,6 +5,7 @@
 //! is launched, and only then are its deliveries acked. A crash at any point before the ack
 //! leaves the messages in RabbitMQ.
 
+use crate::backlog::Backlog;
 use crate::batcher::{Batcher, Limits, Next};
 use crate::config::Config;
 use crate::consumer::{Consumer, Pending};
@@ -174,11 +175,15 @@ impl Dispatcher {
             linger: self.config.linger(),
         };
         let mut batcher = Batcher::new(limits);
-        let mut deliveries = stream.map(|d| d.map(|d| Pending::new(d, max_bytes)));
+        let mut deliveries = Backlog::new(stream.map(|d| d.map(|d| Pending::new(d, max_bytes))));
         let result = loop {
             if batcher.is_empty() && self.config.batch_mode == BatchMode::Adaptive {
+                // The backlog: what the broker still holds plus what it already pushed to us.
                 match consumer.depth(&self.config.queue).await {
-                    Ok(depth) => batcher.set_max_messages(self.sizer.size(depth as usize)),
+                    Ok(ready) => {
+                        let depth = ready as usize + deliveries.fill();
+                        batcher.set_max_messages(self.sizer.size(depth));
+                    }
                     Err(e) => break Err(e),
                 }
             }

@@ -4,8 +4,11 @@
 //! - **by time**: about `TARGET_JOB_SECONDS` of work per Job, from the observed work cost per
 //!   message (the runner reports its own processing time, so pod start-up does not distort
 //!   it) — heavy messages make small batches that spread over many Jobs;
-//! - **by spread**: the queue's depth shared across `MAX_JOBS_IN_FLIGHT` slots, so a burst
-//!   uses every slot and a shallow queue does not wait to fill a large batch.
+//! - **by spread**: a backlog shared across `MAX_JOBS_IN_FLIGHT` slots, so a burst uses every
+//!   slot; a shallow queue (no more than one message per slot waiting) takes what comes, and the
+//!   linger bound closes its batch, so latency stays low without tiny Jobs;
+//! - but never so small that a Job's fixed overhead (pod start-up: its duration minus the
+//!   runner's work) outweighs its work: at least overhead ÷ cost per message.
 //!
 //! The linger bound still closes a batch early when messages trickle in. `fixed` always uses
 //! `BATCH_MAX_MESSAGES`.
@@ -31,8 +34,8 @@ pub struct Sizer {
     max: usize,
     target: Duration,
     slots: usize,
-    /// Smoothed work seconds per message; `None` until a Job reports.
-    cost: Mutex<Option<f64>>,
+    /// Smoothed (work seconds per message, overhead seconds per Job); `None` until a Job reports.
+    learned: Mutex<Option<(f64, f64)>>,
 }
 
 /// Weight of the newest observation in the smoothed cost.
@@ -46,34 +49,46 @@ impl Sizer {
             max: max.max(1),
             target,
             slots: slots.max(1),
-            cost: Mutex::new(None),
+            learned: Mutex::new(None),
         }
     }
 
-    /// The size limit for the next batch, with `depth` messages ready in the queue.
+    /// The size limit for the next batch, with `depth` messages waiting (broker and client).
     pub fn size(&self, depth: usize) -> usize {
         if self.mode == BatchMode::Fixed {
             return self.max;
         }
-        let spread = depth.div_ceil(self.slots).max(1);
-        let by_time = self.cost().filter(|c| *c > 0.0).map_or(usize::MAX, |c| {
-            (self.target.as_secs_f64() / c).floor() as usize
-        });
-        spread.min(by_time).clamp(1, self.max)
+        // A shallow queue: take what comes and let the linger bound close the batch.
+        let spread = if depth <= self.slots {
+            self.max
+        } else {
+            depth.div_ceil(self.slots)
+        };
+        let Some((cost, overhead)) = self.learned().filter(|(cost, _)| *cost > 0.0) else {
+            return spread.clamp(1, self.max);
+        };
+        let by_time = (self.target.as_secs_f64() / cost).floor() as usize;
+        let amortized = (overhead / cost).ceil() as usize;
+        spread.max(amortized).min(by_time).clamp(1, self.max)
     }
 
-    /// Learns from a finished Job: `messages` took `work` of processing.
-    pub fn observe(&self, messages: usize, work: Duration) {
+    /// Learns from a finished Job: `messages` took `work` of processing in a Job that lasted
+    /// `job` from launch to outcome.
+    pub fn observe(&self, messages: usize, work: Duration, job: Duration) {
         if messages == 0 {
             return;
         }
-        let sample = work.as_secs_f64() / messages as f64;
-        let mut cost = self.cost.lock().unwrap_or_else(PoisonError::into_inner);
-        *cost = Some(cost.map_or(sample, |c| c + SMOOTHING * (sample - c)));
+        let cost = work.as_secs_f64() / messages as f64;
+        let overhead = job.saturating_sub(work).as_secs_f64();
+        let smooth = |old: f64, new: f64| old + SMOOTHING * (new - old);
+        let mut learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
+        *learned = Some(learned.map_or((cost, overhead), |(c, o)| {
+            (smooth(c, cost), smooth(o, overhead))
+        }));
     }
 
-    fn cost(&self) -> Option<f64> {
-        *self.cost.lock().unwrap_or_else(PoisonError::into_inner)
+    fn learned(&self) -> Option<(f64, f64)> {
+        *self.learned.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -99,17 +114,29 @@ mod tests {
     }
 
     #[test]
-    fn a_shallow_queue_makes_small_batches() {
-        assert_eq!(adaptive().size(0), 1);
+    fn a_shallow_queue_leaves_closing_to_linger_and_a_backlog_is_spread() {
+        assert_eq!(adaptive().size(0), 1_000);
+        assert_eq!(adaptive().size(4), 1_000);
         assert_eq!(adaptive().size(6), 2);
     }
 
     #[test]
     fn heavy_messages_make_batches_of_about_the_target_time() {
         let sizer = adaptive();
-        sizer.observe(100, Duration::from_secs(1)); // 10 ms a message
+        let (work, job) = (Duration::from_secs(1), Duration::from_millis(1_010));
+        sizer.observe(100, work, job); // 10 ms a message, 10 ms of start-up
         assert_eq!(sizer.size(100_000), 500); // 5 s ÷ 10 ms
-        sizer.observe(100, Duration::from_secs(10)); // now 100 ms: the estimate moves towards it
+        assert_eq!(sizer.size(40), 10); // a small backlog still uses every slot
+        assert_eq!(sizer.size(0), 500); // a shallow queue: the time target still caps it
+        sizer.observe(100, Duration::from_secs(10), Duration::from_secs(10)); // now 100 ms a message
         assert!(sizer.size(100_000) < 500);
+    }
+
+    #[test]
+    fn a_costly_start_up_is_amortised_even_on_a_shallow_queue() {
+        let sizer = adaptive();
+        // 20 µs of work a message, 1.5 s of pod start-up: a batch of one would be all overhead.
+        sizer.observe(100, Duration::from_millis(2), Duration::from_millis(1_502));
+        assert_eq!(sizer.size(0), 1_000);
     }
 }
