@@ -1,4 +1,4 @@
-//! Writing results: chunks of write-once Lua calls, one Redis round trip per chunk.
+//! Writing results: chunks of write-once Lua calls (`EVALSHA`), one Redis round trip per chunk.
 
 use crate::error::Result;
 use crate::store::Store;
@@ -13,6 +13,7 @@ pub struct ResultSink<'a> {
     stream_maxlen: u64,
     chunk: usize,
     pending: Vec<ResultRecord>,
+    script: redis::Script,
     /// Counts of what was written (results that already existed are not counted).
     pub tally: Tally,
 }
@@ -44,6 +45,7 @@ impl<'a> ResultSink<'a> {
             stream_maxlen,
             chunk,
             pending: Vec::new(),
+            script: redis::Script::new(WRITE_RESULT_LUA),
             tally: Tally::default(),
         }
     }
@@ -62,7 +64,8 @@ impl<'a> ResultSink<'a> {
         !self.pending.is_empty()
     }
 
-    /// Writes every queued result.
+    /// Writes every queued result: one pipeline of `EVALSHA` calls (the script is loaded once,
+    /// and again if Redis lost it, say after a restart).
     pub fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
@@ -73,14 +76,21 @@ impl<'a> ResultSink<'a> {
             self.stream_maxlen,
             &self.pending,
         );
+        let script = &self.script;
         let written: Vec<i64> = self.store.call("writing results", |con| {
             let mut pipe = redis::pipe();
             for record in pending {
-                pipe.cmd("EVAL").arg(WRITE_RESULT_LUA).arg(4);
+                pipe.cmd("EVALSHA").arg(script.get_hash()).arg(4);
                 pipe.arg(&record.script_keys(keys)[..])
                     .arg(&record.script_args(ttl, maxlen)[..]);
             }
-            pipe.query(con)
+            match pipe.query(con) {
+                Err(e) if e.to_string().to_ascii_lowercase().contains("noscript") => {
+                    script.prepare_invoke().load(con)?;
+                    pipe.query(con)
+                }
+                other => other,
+            }
         })?;
         for (record, was_written) in pending.iter().zip(written) {
             match (was_written == 1, record.status) {

@@ -186,3 +186,78 @@ async fn a_missing_batch_is_a_non_zero_exit() {
     assert_eq!(err.exit_code(), 3);
     env.cleanup().await.unwrap();
 }
+
+/// A private Redis on a free port, so the test can start from an empty script cache without
+/// touching the shared server's.
+struct PrivateRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (make services)");
+        let url = format!("redis://127.0.0.1:{port}/");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { child, url }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn results_are_written_when_redis_has_never_seen_the_script() {
+    let redis = PrivateRedis::start();
+    let stager = Stager::connect(&redis.url, Keys::new("fresh"), 0)
+        .await
+        .unwrap();
+    let frames: Vec<_> = (0..5)
+        .map(|i| frame(&format!("n{i}"), br#"{"kernel":"echo","input":1}"#))
+        .collect();
+    stager
+        .stage("b-fresh", "sluice-b-fresh", &frames)
+        .await
+        .unwrap();
+    let vars = [
+        ("BATCH_ID", "b-fresh"),
+        ("KEY_PREFIX", "fresh"),
+        ("REDIS_URL", redis.url.as_str()),
+    ];
+    let config = sluice_runner::Config::from_vars(
+        vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    )
+    .unwrap();
+    let summary = run_runner(config).await;
+    assert_eq!(
+        summary.written.ok, 5,
+        "NOSCRIPT was answered by loading the script"
+    );
+}
