@@ -40,6 +40,10 @@ pub struct Config {
     /// `adaptive` (batch size follows queue depth and cost per message) or `fixed`.
     #[serde(default = "d::batch_mode")]
     pub batch_mode: crate::sizer::BatchMode,
+    /// Adaptive mode: a Job's expected start-up before any has reported, in seconds; default:
+    /// `STARTUP_DELAY_MS` with the local launcher, 1.5 with kube.
+    #[serde(default)]
+    pub job_startup_seconds: Option<f64>,
     /// Adaptive mode: about this much work per Job, in seconds.
     #[serde(default = "d::target_job_seconds")]
     pub target_job_seconds: f64,
@@ -249,6 +253,15 @@ impl Config {
             return Ok(());
         };
         Err(Error::InvalidConfig(problem.into()))
+    }
+
+    /// The start-up a Job is expected to take before any has reported.
+    pub fn job_startup_prior(&self) -> Duration {
+        let seconds = self.job_startup_seconds.unwrap_or(match self.launcher {
+            LauncherKind::Local => self.startup_delay_ms as f64 / 1000.0,
+            LauncherKind::Kube => 1.5,
+        });
+        Duration::from_secs_f64(seconds.max(0.0))
     }
 
     /// How long a batch may wait for more messages.

@@ -63,6 +63,7 @@ pub async fn run(
         usize::from(config.batch_max_messages),
         Duration::from_secs_f64(config.target_job_seconds),
         config.max_jobs_in_flight,
+        config.job_startup_prior(),
     ));
     let flight = Flight::new(
         Arc::clone(&config),

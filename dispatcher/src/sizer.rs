@@ -34,21 +34,33 @@ pub struct Sizer {
     max: usize,
     target: Duration,
     slots: usize,
+    /// Expected start-up of a Job before any has reported.
+    startup_prior: Duration,
     /// Smoothed (work seconds per message, overhead seconds per Job); `None` until a Job reports.
     learned: Mutex<Option<(f64, f64)>>,
 }
 
 /// Weight of the newest observation in the smoothed cost.
 const SMOOTHING: f64 = 0.3;
+/// Work per message assumed before any Job has reported (1 ms): with the start-up prior it
+/// sets the first batches' floor.
+const COST_PRIOR: f64 = 0.001;
 
 impl Sizer {
-    /// A sizer for `slots` concurrent Jobs.
-    pub fn new(mode: BatchMode, max: usize, target: Duration, slots: usize) -> Self {
+    /// A sizer for `slots` concurrent Jobs expected to take `startup_prior` to start.
+    pub fn new(
+        mode: BatchMode,
+        max: usize,
+        target: Duration,
+        slots: usize,
+        startup_prior: Duration,
+    ) -> Self {
         Self {
             mode,
             max: max.max(1),
             target,
             slots: slots.max(1),
+            startup_prior,
             learned: Mutex::new(None),
         }
     }
@@ -64,9 +76,10 @@ impl Sizer {
         } else {
             depth.div_ceil(self.slots)
         };
-        let Some((cost, overhead)) = self.learned().filter(|(cost, _)| *cost > 0.0) else {
-            return spread.clamp(1, self.max);
-        };
+        let (cost, overhead) = self
+            .learned()
+            .filter(|(cost, _)| *cost > 0.0)
+            .unwrap_or((COST_PRIOR, self.startup_prior.as_secs_f64()));
         let by_time = (self.target.as_secs_f64() / cost).floor() as usize;
         let amortized = (overhead / cost).ceil() as usize;
         spread.max(amortized).min(by_time).clamp(1, self.max)
@@ -97,12 +110,24 @@ mod tests {
     use super::*;
 
     fn adaptive() -> Sizer {
-        Sizer::new(BatchMode::Adaptive, 1_000, Duration::from_secs(5), 4)
+        Sizer::new(
+            BatchMode::Adaptive,
+            1_000,
+            Duration::from_secs(5),
+            4,
+            Duration::ZERO,
+        )
     }
 
     #[test]
     fn fixed_mode_always_uses_the_maximum() {
-        let sizer = Sizer::new(BatchMode::Fixed, 100, Duration::from_secs(5), 4);
+        let sizer = Sizer::new(
+            BatchMode::Fixed,
+            100,
+            Duration::from_secs(5),
+            4,
+            Duration::ZERO,
+        );
         assert_eq!((sizer.size(0), sizer.size(1_000_000)), (100, 100));
     }
 
@@ -130,6 +155,22 @@ mod tests {
         assert_eq!(sizer.size(0), 500); // a shallow queue: the time target still caps it
         sizer.observe(100, Duration::from_secs(10), Duration::from_secs(10)); // now 100 ms a message
         assert!(sizer.size(100_000) < 500);
+    }
+
+    #[test]
+    fn a_known_slow_start_up_makes_full_batches_before_any_job_reports() {
+        let sizer = Sizer::new(
+            BatchMode::Adaptive,
+            1_000,
+            Duration::from_secs(5),
+            4,
+            Duration::from_millis(1_500),
+        );
+        assert_eq!(
+            sizer.size(6_000),
+            1_000,
+            "not 6,000 ÷ 4 slots: each Job would be mostly start-up"
+        );
     }
 
     #[test]

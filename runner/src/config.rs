@@ -14,10 +14,10 @@ pub struct Config {
     pub redis_url: String,
     /// `SLUICE_TEST_KERNELS=1` enables `crash`, `panic` and `sleep`.
     pub test_kernels: bool,
-    /// `RESULT_CHUNK`: results written per Redis round trip (default 64); a crash loses at most
-    /// one chunk of finished work.
+    /// `RESULT_CHUNK`: results written per Redis round trip (default 256).
     pub result_chunk: usize,
-    /// `RESULT_FLUSH_MS`: a partial chunk is written after this long (default 100).
+    /// `RESULT_FLUSH_MS`: a result waits at most this long to be written (default 100); with the
+    /// chunk size, what a crash can lose.
     pub flush_interval: Duration,
     /// `REDIS_RETRY_SECONDS`: how long to keep retrying Redis before giving up (default 30).
     pub redis_retry: Duration,
@@ -41,7 +41,7 @@ fn default_redis_url() -> String {
     "redis://127.0.0.1:6379/".into()
 }
 fn default_chunk() -> usize {
-    64
+    256
 }
 fn default_flush_ms() -> u64 {
     100
@@ -105,7 +105,7 @@ mod tests {
         assert_eq!(c.env.result_ttl_seconds, 604_800);
         assert_eq!(c.redis_url, "redis://127.0.0.1:6379/");
         assert!(!c.test_kernels);
-        assert_eq!(c.result_chunk, 64);
+        assert_eq!(c.result_chunk, 256);
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub fn run(config: &Config) -> Result<Summary> {
         env.result_ttl_seconds,
         env.results_maxlen,
         config.result_chunk,
-    );
+    )
+    .with_max_age(config.flush_interval);
     let (tx, rx) = mpsc::channel();
     let tasks = std::mem::take(&mut plan.tasks);
     let written = std::thread::scope(|scope| {

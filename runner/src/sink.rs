@@ -13,6 +13,9 @@ pub struct ResultSink<'a> {
     stream_maxlen: u64,
     chunk: usize,
     pending: Vec<ResultRecord>,
+    /// When the oldest pending result arrived.
+    pending_since: Option<std::time::Instant>,
+    max_age: std::time::Duration,
     script: redis::Script,
     /// Counts of what was written (results that already existed are not counted).
     pub tally: Tally,
@@ -45,15 +48,28 @@ impl<'a> ResultSink<'a> {
             stream_maxlen,
             chunk,
             pending: Vec::new(),
+            pending_since: None,
+            max_age: std::time::Duration::MAX,
             script: redis::Script::new(WRITE_RESULT_LUA),
             tally: Tally::default(),
         }
     }
 
-    /// Queues a result, writing the chunk once it is full.
+    /// Writes a partial chunk once its oldest result is `max_age` old, even while results keep
+    /// arriving: a crash then loses at most a chunk or `max_age` of finished work.
+    #[must_use]
+    pub fn with_max_age(mut self, max_age: std::time::Duration) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// Queues a result, writing the chunk once it is full or old enough.
     pub fn push(&mut self, record: ResultRecord) -> Result<()> {
+        let since = *self
+            .pending_since
+            .get_or_insert_with(std::time::Instant::now);
         self.pending.push(record);
-        if self.pending.len() >= self.chunk {
+        if self.pending.len() >= self.chunk || since.elapsed() >= self.max_age {
             self.flush()?;
         }
         Ok(())
@@ -100,6 +116,7 @@ impl<'a> ResultSink<'a> {
             }
         }
         self.pending.clear();
+        self.pending_since = None;
         Ok(())
     }
 }
