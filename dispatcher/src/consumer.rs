@@ -76,6 +76,20 @@ pub async fn declare_queue(channel: &Channel, queue: &str) -> Result<lapin::Queu
         .map_err(Error::amqp("declaring the queue"))
 }
 
+/// Reads a queue's state (ready messages, consumers) with a passive declare: one round trip,
+/// and an error if the queue does not exist.
+pub async fn inspect_queue(channel: &Channel, queue: &str) -> Result<lapin::Queue> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .map_err(Error::amqp("reading the queue's state"))
+}
+
 impl Consumer {
     /// Connects, declares the queue, sets the prefetch and starts consuming.
     pub async fn start(config: &Config) -> Result<(Self, lapin::Consumer)> {
@@ -116,19 +130,9 @@ impl Consumer {
             .map_err(Error::amqp("acking a batch"))
     }
 
-    /// Messages ready in `queue` (a passive declare: one round trip), for adaptive sizing.
+    /// Messages ready in `queue`, for adaptive sizing.
     pub async fn depth(&self, queue: &str) -> Result<u32> {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        let queue = self
-            .channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await
-            .map_err(Error::amqp("reading the queue depth"))?;
-        Ok(queue.message_count())
+        Ok(inspect_queue(&self.channel, queue).await?.message_count())
     }
 
     /// Closes the connection; the broker requeues every unacked delivery.

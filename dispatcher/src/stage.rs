@@ -189,40 +189,39 @@ impl Stager {
 
     /// A batch's `job` field and state, if it is still known.
     pub async fn batch_info(&self, batch_id: &str) -> Result<Option<(String, Option<BatchState>)>> {
-        let key = self.keys.batch(batch_id);
         let (job, state): (Option<String>, Option<String>) = self
-            .retry("reading a batch", move |mut con| {
-                let key = key.clone();
-                async move {
-                    redis::cmd("HMGET")
-                        .arg(key)
-                        .arg("job")
-                        .arg("state")
-                        .query_async(&mut con)
-                        .await
-                }
-            })
+            .batch_fields(batch_id, ["job", "state"], "reading a batch")
             .await?;
         Ok(job.map(|job| (job, state.as_deref().and_then(BatchState::parse))))
     }
 
     /// A finished batch's size and the runner's processing time (`work_us`), if recorded.
     pub async fn work(&self, batch_id: &str) -> Result<Option<(usize, u64)>> {
-        let key = self.keys.batch(batch_id);
         let (size, work): (Option<usize>, Option<u64>) = self
-            .retry("reading a batch's work time", move |mut con| {
-                let key = key.clone();
-                async move {
-                    redis::cmd("HMGET")
-                        .arg(key)
-                        .arg("size")
-                        .arg("work_us")
-                        .query_async(&mut con)
-                        .await
-                }
-            })
+            .batch_fields(batch_id, ["size", "work_us"], "reading a batch's work time")
             .await?;
         Ok(size.zip(work))
+    }
+
+    /// `HMGET` of fields of a batch's state hash.
+    async fn batch_fields<T: redis::FromRedisValue>(
+        &self,
+        batch_id: &str,
+        fields: [&'static str; 2],
+        what: &'static str,
+    ) -> Result<T> {
+        let key = self.keys.batch(batch_id);
+        self.retry(what, move |mut con| {
+            let key = key.clone();
+            async move {
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(&fields[..])
+                    .query_async(&mut con)
+                    .await
+            }
+        })
+        .await
     }
 
     /// A batch's staged frames.

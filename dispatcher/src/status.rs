@@ -1,10 +1,8 @@
 //! `dispatcher status`: queue depth, batches by state, Jobs in flight, result counts.
 
 use crate::config::Config;
-use crate::consumer::connect;
+use crate::consumer::{connect, inspect_queue};
 use crate::error::{Error, Result};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use redis::AsyncCommands;
 use sluice_contract::{BatchState, Keys};
 use std::collections::BTreeMap;
@@ -40,13 +38,7 @@ pub async fn report(config: &Config) -> Result<Report> {
         .create_channel()
         .await
         .map_err(Error::amqp("opening a channel"))?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    let queue_depth = channel
-        .queue_declare(config.queue.as_str().into(), passive, FieldTable::default())
+    let queue_depth = inspect_queue(&channel, &config.queue)
         .await
         .ok()
         .map(|q| (q.message_count(), q.consumer_count()));

@@ -155,11 +155,6 @@ impl KubeLauncher {
         })
         .await
     }
-
-    /// Jobs the cluster reports as running.
-    pub fn active(&self) -> usize {
-        self.tracker.active()
-    }
 }
 
 impl Drop for KubeLauncher {
