@@ -1,5 +1,7 @@
 //! What users read back: the per-message result hash and the batch state hash.
 
+use crate::Keys;
+use std::borrow::Cow;
 use std::fmt;
 
 /// How a message ended.
@@ -50,80 +52,102 @@ pub struct ResultRecord {
 }
 
 impl ResultRecord {
-    /// The hash fields in the contract's names.
-    pub fn fields(&self) -> [(&'static str, String); 6] {
-        let detail_field = if self.status == Status::Ok {
+    /// The field `detail` is stored under: `output` when ok, `error` otherwise.
+    pub fn detail_field(&self) -> &'static str {
+        if self.status == Status::Ok {
             "output"
         } else {
             "error"
-        };
-        [
-            ("status", self.status.as_str().to_owned()),
-            (detail_field, self.detail.clone()),
-            ("kernel", self.kernel.clone()),
-            ("batch", self.batch.clone()),
-            ("duration_us", self.duration_us.to_string()),
-            ("finished_at", self.finished_at.to_string()),
-        ]
+        }
     }
 }
 
-/// Writes one result exactly once: if the result hash already exists (a redelivery, a Job
-/// retry, two runners racing on one batch) nothing is written, counted or streamed.
+/// Writes a chunk of one batch's results, each exactly once: a result whose hash already
+/// exists (a redelivery, a Job retry, two runners racing on one batch) is not written, counted
+/// or streamed. One call per chunk, not per result: Lua's per-call set-up was most of Redis's
+/// time per message, and the counters are bumped once per chunk.
 ///
-/// KEYS: result hash, results stream, stats hash, batch hash.
-/// ARGV: ttl seconds (0 = keep), stream maxlen, id, status, detail field, detail, kernel,
-/// batch, `duration_us`, `finished_at`. Returns 1 when written, 0 when it already existed.
-pub const WRITE_RESULT_LUA: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[4], ARGV[5], ARGV[6], 'kernel', ARGV[7],
-  'batch', ARGV[8], 'duration_us', ARGV[9], 'finished_at', ARGV[10])
+/// KEYS: results stream, stats hash, batch hash, then one result hash per record.
+/// ARGV: ttl seconds (0 = keep), stream maxlen, batch id, then [`ARGS_PER_RESULT`] per record:
+/// id, status, detail field, detail, kernel, `duration_us`, `finished_at`.
+/// Returns one integer per record: 1 when written, 0 when it already existed.
+pub const WRITE_RESULTS_LUA: &str = r"
 local ttl = tonumber(ARGV[1])
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'id', ARGV[3], 'status', ARGV[4])
-redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
-if ARGV[4] == 'ok' then
-  redis.call('HINCRBY', KEYS[4], 'ok', 1)
-else
-  redis.call('HINCRBY', KEYS[4], 'errors', 1)
+local written, by_status, ok, errors = {}, {}, 0, 0
+for i = 1, #KEYS - 3 do
+  local key, a = KEYS[3 + i], 3 + (i - 1) * 7
+  if redis.call('EXISTS', key) == 1 then
+    written[i] = 0
+  else
+    local status = ARGV[a + 2]
+    redis.call('HSET', key, 'status', status, ARGV[a + 3], ARGV[a + 4], 'kernel', ARGV[a + 5],
+      'batch', ARGV[3], 'duration_us', ARGV[a + 6], 'finished_at', ARGV[a + 7])
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'id', ARGV[a + 1], 'status', status)
+    by_status[status] = (by_status[status] or 0) + 1
+    if status == 'ok' then ok = ok + 1 else errors = errors + 1 end
+    written[i] = 1
+  end
 end
-return 1
+for status, n in pairs(by_status) do redis.call('HINCRBY', KEYS[2], status, n) end
+if ok > 0 then redis.call('HINCRBY', KEYS[3], 'ok', ok) end
+if errors > 0 then redis.call('HINCRBY', KEYS[3], 'errors', errors) end
+return written
 ";
 
-impl ResultRecord {
-    /// The KEYS of [`WRITE_RESULT_LUA`] for this record.
-    pub fn script_keys(&self, keys: &crate::Keys) -> [String; 4] {
-        [
-            keys.result(&self.id),
-            keys.results_stream(),
-            keys.stats(),
-            keys.batch(&self.batch),
-        ]
-    }
+/// ARGV entries [`WRITE_RESULTS_LUA`] takes per record.
+pub const ARGS_PER_RESULT: usize = 7;
 
-    /// The ARGV of [`WRITE_RESULT_LUA`] for this record.
-    pub fn script_args(&self, ttl_seconds: u64, stream_maxlen: u64) -> [String; 10] {
-        let [
-            (_, status),
-            (detail_field, detail),
-            (_, kernel),
-            (_, batch),
-            (_, dur),
-            (_, fin),
-        ] = self.fields();
-        [
-            ttl_seconds.to_string(),
-            stream_maxlen.to_string(),
-            self.id.clone(),
-            status,
-            detail_field.to_owned(),
-            detail,
-            kernel,
-            batch,
-            dur,
-            fin,
-        ]
+/// One call of [`WRITE_RESULTS_LUA`]: the KEYS and ARGV for results of one batch, borrowing
+/// the records' strings rather than copying them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultWrite<'a> {
+    /// KEYS, in the script's order.
+    pub keys: Vec<String>,
+    /// ARGV, in the script's order.
+    pub args: Vec<Cow<'a, str>>,
+}
+
+impl<'a> ResultWrite<'a> {
+    /// The call writing `records`, which all belong to batch `batch` (see [`by_batch`]).
+    pub fn new(
+        keys: &Keys,
+        batch: &'a str,
+        records: &'a [ResultRecord],
+        ttl_seconds: u64,
+        stream_maxlen: u64,
+    ) -> Self {
+        let mut script_keys = Vec::with_capacity(3 + records.len());
+        script_keys.extend([keys.results_stream(), keys.stats(), keys.batch(batch)]);
+        let mut args = Vec::with_capacity(3 + ARGS_PER_RESULT * records.len());
+        args.extend([
+            Cow::Owned(ttl_seconds.to_string()),
+            Cow::Owned(stream_maxlen.to_string()),
+            Cow::Borrowed(batch),
+        ]);
+        for record in records {
+            debug_assert_eq!(record.batch, batch, "one call writes one batch's results");
+            script_keys.push(keys.result(&record.id));
+            args.extend([
+                Cow::Borrowed(record.id.as_str()),
+                Cow::Borrowed(record.status.as_str()),
+                Cow::Borrowed(record.detail_field()),
+                Cow::Borrowed(record.detail.as_str()),
+                Cow::Borrowed(record.kernel.as_str()),
+                Cow::Owned(record.duration_us.to_string()),
+                Cow::Owned(record.finished_at.to_string()),
+            ]);
+        }
+        Self {
+            keys: script_keys,
+            args,
+        }
     }
+}
+
+/// Splits `records` into runs of one batch each: one [`ResultWrite`] per run.
+pub fn by_batch(records: &[ResultRecord]) -> impl Iterator<Item = &[ResultRecord]> {
+    records.chunk_by(|a, b| a.batch == b.batch)
 }
 
 /// The life of a batch, stored as `state` in `{prefix}:batch:{id}`.
@@ -196,9 +220,57 @@ mod tests {
             duration_us: 5,
             finished_at: 7,
         };
-        assert_eq!(r.fields()[1].0, "output");
+        assert_eq!(r.detail_field(), "output");
         r.status = Status::Error;
-        assert_eq!(r.fields()[1].0, "error");
+        assert_eq!(r.detail_field(), "error");
+    }
+
+    fn record(id: &str, batch: &str, status: Status) -> ResultRecord {
+        ResultRecord {
+            id: id.into(),
+            status,
+            detail: format!("d-{id}"),
+            kernel: "echo".into(),
+            batch: batch.into(),
+            duration_us: 3,
+            finished_at: 9,
+        }
+    }
+
+    #[test]
+    fn a_result_write_lays_out_keys_and_args_in_the_scripts_order() {
+        let records = [
+            record("a", "b1", Status::Ok),
+            record("z", "b1", Status::Error),
+        ];
+        let call = ResultWrite::new(&Keys::new("p"), "b1", &records, 60, 1000);
+        assert_eq!(
+            call.keys,
+            [
+                "p:results",
+                "p:stats",
+                "p:batch:b1",
+                "p:result:a",
+                "p:result:z"
+            ]
+        );
+        assert_eq!(call.args.len(), 3 + 2 * ARGS_PER_RESULT);
+        assert_eq!(call.args[..3], ["60", "1000", "b1"]);
+        assert_eq!(
+            call.args[3 + ARGS_PER_RESULT..],
+            ["z", "error", "error", "d-z", "echo", "3", "9"]
+        );
+    }
+
+    #[test]
+    fn results_are_grouped_into_runs_of_one_batch() {
+        let records = [
+            record("a", "b1", Status::Ok),
+            record("b", "b1", Status::Ok),
+            record("c", "b2", Status::Ok),
+        ];
+        let runs: Vec<usize> = by_batch(&records).map(<[_]>::len).collect();
+        assert_eq!(runs, [2, 1]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::launcher::Outcome;
 use crate::stage::Stager;
 use serde_json::json;
-use sluice_contract::record::{WRITE_RESULT_LUA, unix_millis};
+use sluice_contract::record::{ResultWrite, WRITE_RESULTS_LUA, unix_millis};
 use sluice_contract::{BatchState, Envelope, ResultRecord, StagedMessage, Status};
 use std::collections::HashSet;
 
@@ -132,33 +132,50 @@ async fn dead_letter(
     }
     let keys = stager.keys().clone();
     let reason = format!("gave up: the message's Job failed on its own: {reason}");
+    let finished_at = unix_millis();
+    let records: Vec<ResultRecord> = messages
+        .iter()
+        .map(|Unfinished { id, .. }| ResultRecord {
+            id: id.clone(),
+            status: Status::Dead,
+            detail: reason.clone(),
+            kernel: String::new(),
+            batch: batch_id.to_owned(),
+            duration_us: 0,
+            finished_at,
+        })
+        .collect();
+    let call = ResultWrite::new(
+        &keys,
+        batch_id,
+        &records,
+        settings.ttl_seconds,
+        settings.stream_maxlen,
+    );
+    let dead: Vec<String> = messages
+        .iter()
+        .map(|Unfinished { id, message }| {
+            json!({
+                "id": id,
+                "batch": batch_id,
+                "reason": reason,
+                "body": String::from_utf8_lossy(&message.body),
+            })
+            .to_string()
+        })
+        .collect();
     stager
         .retry("dead-lettering messages", |mut con| {
             let mut pipe = redis::pipe();
-            for Unfinished { id, message } in messages {
-                let record = ResultRecord {
-                    id: id.clone(),
-                    status: Status::Dead,
-                    detail: reason.clone(),
-                    kernel: String::new(),
-                    batch: batch_id.to_owned(),
-                    duration_us: 0,
-                    finished_at: unix_millis(),
-                };
-                pipe.cmd("EVAL")
-                    .arg(WRITE_RESULT_LUA)
-                    .arg(4)
-                    .arg(&record.script_keys(&keys)[..]);
-                pipe.arg(&record.script_args(settings.ttl_seconds, settings.stream_maxlen)[..])
-                    .ignore();
-                let entry = json!({
-                    "id": id,
-                    "batch": batch_id,
-                    "reason": reason,
-                    "body": String::from_utf8_lossy(&message.body),
-                });
-                pipe.lpush(keys.dead(), entry.to_string()).ignore();
+            let cmd = pipe
+                .cmd("EVAL")
+                .arg(WRITE_RESULTS_LUA)
+                .arg(call.keys.len())
+                .arg(&call.keys[..]);
+            for arg in &call.args {
+                cmd.arg(arg.as_ref());
             }
+            pipe.ignore().lpush(keys.dead(), &dead[..]).ignore();
             async move { pipe.query_async::<()>(&mut con).await }
         })
         .await?;

@@ -1,8 +1,8 @@
-//! Writing results: chunks of write-once Lua calls (`EVALSHA`), one Redis round trip per chunk.
+//! Writing results: one write-once Lua call (`EVALSHA`) and one Redis round trip per chunk.
 
 use crate::error::Result;
 use crate::store::Store;
-use sluice_contract::record::WRITE_RESULT_LUA;
+use sluice_contract::record::{ResultWrite, WRITE_RESULTS_LUA, by_batch};
 use sluice_contract::{Keys, ResultRecord, Status};
 
 /// Buffers results and writes them a chunk at a time.
@@ -50,7 +50,7 @@ impl<'a> ResultSink<'a> {
             pending: Vec::new(),
             pending_since: None,
             max_age: std::time::Duration::MAX,
-            script: redis::Script::new(WRITE_RESULT_LUA),
+            script: redis::Script::new(WRITE_RESULTS_LUA),
             tally: Tally::default(),
         }
     }
@@ -80,8 +80,8 @@ impl<'a> ResultSink<'a> {
         !self.pending.is_empty()
     }
 
-    /// Writes every queued result: one pipeline of `EVALSHA` calls (the script is loaded once,
-    /// and again if Redis lost it, say after a restart).
+    /// Writes every queued result: one `EVALSHA` per batch in the chunk (the script is loaded
+    /// once, and again if Redis lost it, say after a restart), pipelined.
     pub fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
@@ -92,22 +92,29 @@ impl<'a> ResultSink<'a> {
             self.stream_maxlen,
             &self.pending,
         );
+        let mut pipe = redis::pipe();
+        for run in by_batch(pending) {
+            let call = ResultWrite::new(keys, &run[0].batch, run, ttl, maxlen);
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(self.script.get_hash())
+                .arg(call.keys.len())
+                .arg(&call.keys[..]);
+            for arg in &call.args {
+                cmd.arg(arg.as_ref());
+            }
+        }
         let script = &self.script;
-        let written: Vec<i64> = self.store.call("writing results", |con| {
-            let mut pipe = redis::pipe();
-            for record in pending {
-                pipe.cmd("EVALSHA").arg(script.get_hash()).arg(4);
-                pipe.arg(&record.script_keys(keys)[..])
-                    .arg(&record.script_args(ttl, maxlen)[..]);
-            }
-            match pipe.query(con) {
-                Err(e) if e.to_string().to_ascii_lowercase().contains("noscript") => {
-                    script.prepare_invoke().load(con)?;
-                    pipe.query(con)
-                }
-                other => other,
-            }
-        })?;
+        let runs: Vec<Vec<i64>> =
+            self.store
+                .call("writing results", |con| match pipe.query(con) {
+                    Err(e) if e.to_string().to_ascii_lowercase().contains("noscript") => {
+                        script.prepare_invoke().load(con)?;
+                        pipe.query(con)
+                    }
+                    other => other,
+                })?;
+        let written = runs.into_iter().flatten();
         for (record, was_written) in pending.iter().zip(written) {
             match (was_written == 1, record.status) {
                 (false, _) => self.tally.already_written += 1,
