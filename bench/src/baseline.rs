@@ -38,6 +38,9 @@ pub async fn run(services: &Services, n: usize) -> Result<f64> {
         });
         workers.push(child);
     }
+    // Only the workers' readers hold a sender now: if every worker dies (pika missing, the
+    // broker gone), `recv` ends at once instead of waiting out the timeout.
+    drop(tx);
     for _ in 0..n {
         if tokio::time::timeout(Duration::from_secs(120), rx.recv())
             .await
