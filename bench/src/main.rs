@@ -179,17 +179,27 @@ async fn seed_kernel(services: &Services, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
-/// (b) Kernels on one thread against every core, from criterion.
+/// (b) Kernels on one thread against every core: criterion's mean times, and the efficiency
+/// judged from paired runs (see [`micro::paired_efficiencies`]).
 fn kernels(rows: &mut Vec<Row>) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    for bench in ["modsum-1e8", "pow-20bits", "primes-1e8"] {
-        let one = micro::mean_ms(bench, 1)?;
-        let all = micro::mean_ms(bench, cores)?;
-        let efficiency = one / (cores as f64 * all);
-        let value = format!(
-            "{one:.1} ms → {all:.1} ms on {cores} threads: {:.0}%",
-            efficiency * 100.0
-        );
+    let pairs = if std::env::var_os("BENCH_QUICK").is_some() {
+        3
+    } else {
+        31
+    };
+    let efficiencies = micro::paired_efficiencies(&micro::KERNELS.map(|(_, k)| k), cores, pairs)?;
+    for ((bench, _), efficiency) in micro::KERNELS.into_iter().zip(efficiencies) {
+        let value = if bench.starts_with("host") {
+            format!("paired runs: {:.0}%", efficiency * 100.0)
+        } else {
+            let one = micro::mean_ms(bench, 1)?;
+            let all = micro::mean_ms(bench, cores)?;
+            format!(
+                "criterion {one:.1} ms → {all:.1} ms on {cores} threads; paired runs: {:.0}%",
+                efficiency * 100.0
+            )
+        };
         rows.push(if bench.starts_with("modsum") {
             judged(
                 "(b) kernels",
