@@ -31,7 +31,7 @@ pub fn mean_ms(bench: &str, threads: usize) -> Result<f64> {
 pub type Kernel = fn();
 
 /// The kernels (b) measures, with the criterion names they are reported under.
-pub const KERNELS: [(&str, Kernel); 4] = [
+pub const KERNELS: [(&str, Kernel); 3] = [
     ("modsum-1e8", || {
         black_box(modsum::modsum(black_box(100_000_000), black_box(997)));
     }),
@@ -41,58 +41,70 @@ pub const KERNELS: [(&str, Kernel); 4] = [
     ("primes-1e8", || {
         black_box(primes::count_primes(black_box(100_000_000)));
     }),
-    // Not a kernel: independent register-only loops, no memory, no reduction to speak of. What
-    // two threads of this host can give at best, measured alongside the kernels.
-    ("host ceiling (spin)", || {
-        use rayon::prelude::*;
-        let sum: u64 = (0..64u64)
-            .into_par_iter()
-            .map(|c| {
-                let mut x = black_box(c);
-                for _ in 0..1_000_000 {
-                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                }
-                x
-            })
-            .sum();
-        black_box(sum);
-    }),
 ];
 
-/// Parallel efficiency of each of `kernels` on `cores` threads: per kernel, the median over
-/// `pairs` of t(1 thread) ÷ (cores × t(every core)). A pair runs back to back, in alternating
-/// order, and the kernels take turns pair by pair, so that the shared host slowing down or
-/// speeding up hits both sides of a ratio, and every kernel, alike (criterion measures one side
-/// for seconds, then the other).
-pub fn paired_efficiencies(kernels: &[Kernel], cores: usize, pairs: usize) -> Result<Vec<f64>> {
-    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+/// A kernel's scaling on every core, each figure the median over the pairs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scaling {
+    /// rayon's parallel efficiency: t(1 thread) ÷ (cores × t(one run on every core)).
+    pub rayon: f64,
+    /// What the host gives this work: t(1 thread) ÷ t(`cores` independent single-thread copies
+    /// at once). No rayon, no sharing; on a shared VM often below 1, because busy sibling
+    /// vCPUs slow each other down.
+    pub copies: f64,
+}
+
+/// Measures each of `kernels` on one thread, on every core with rayon, and as `cores`
+/// independent copies at once, `pairs` times. Each pair's three runs are back to back, in
+/// rotating order, and the kernels take turns pair by pair, so that the shared host slowing
+/// down or speeding up hits every side of a ratio alike (criterion measures one side for
+/// seconds, then the other).
+pub fn scaling(kernels: &[Kernel], cores: usize, pairs: usize) -> Result<Vec<Scaling>> {
+    let singles = (0..cores)
+        .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
+        .collect::<Result<Vec<_>, _>>()?;
     let all = rayon::ThreadPoolBuilder::new().num_threads(cores).build()?;
-    let time = |pool: &rayon::ThreadPool, kernel: Kernel| {
+    let timed = |run: &dyn Fn()| {
         let started = Instant::now();
-        pool.install(kernel);
+        run();
         started.elapsed().as_secs_f64()
     };
-    let mut ratios = vec![Vec::with_capacity(pairs); kernels.len()];
+    let mut samples = vec![(Vec::new(), Vec::new()); kernels.len()];
     for round in 0..=pairs {
         for (k, &kernel) in kernels.iter().enumerate() {
-            let (t1, tn) = if round % 2 == 0 {
-                let t1 = time(&one, kernel);
-                (t1, time(&all, kernel))
-            } else {
-                let tn = time(&all, kernel);
-                (time(&one, kernel), tn)
-            };
+            let mut t = [0.0; 3];
+            for step in 0..3 {
+                let which = (round + step) % 3;
+                t[which] = match which {
+                    0 => timed(&|| singles[0].install(kernel)),
+                    1 => timed(&|| all.install(kernel)),
+                    _ => timed(&|| {
+                        std::thread::scope(|scope| {
+                            for pool in &singles {
+                                scope.spawn(|| pool.install(kernel));
+                            }
+                        });
+                    }),
+                };
+            }
             // Round 0 warms up.
             if round > 0 {
-                ratios[k].push(t1 / (cores as f64 * tn));
+                samples[k].0.push(t[0] / (cores as f64 * t[1]));
+                samples[k].1.push(t[0] / t[2]);
             }
         }
     }
-    Ok(ratios
+    Ok(samples
         .into_iter()
-        .map(|mut r| {
-            r.sort_by(f64::total_cmp);
-            r.get(r.len() / 2).copied().unwrap_or(0.0)
+        .map(|(mut rayon, mut copies)| Scaling {
+            rayon: median(&mut rayon),
+            copies: median(&mut copies),
         })
         .collect())
+}
+
+/// The median of `values` (the upper one of an even count); 0 when empty.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
