@@ -60,22 +60,19 @@ fn wanted(letter: char) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only.contains(letter))
 }
 
-/// Rounds of the side-by-side comparisons in (a) and (e): 3, or 1 for a quick run.
-fn rounds() -> usize {
-    if std::env::var_os("BENCH_QUICK").is_some() {
-        1
-    } else {
-        3
-    }
+/// Whether this is a quick smoke run (`BENCH_QUICK=1`): fewer messages and rounds.
+fn quick() -> bool {
+    std::env::var_os("BENCH_QUICK").is_some()
 }
 
-/// Scales message counts down for a quick smoke run (`BENCH_QUICK=1`).
+/// Rounds of the side-by-side comparisons in (a) and (e): 3, or 1 for a quick run.
+fn rounds() -> usize {
+    if quick() { 1 } else { 3 }
+}
+
+/// Scales message counts down for a quick smoke run.
 fn size(n: usize) -> usize {
-    if std::env::var_os("BENCH_QUICK").is_some() {
-        (n / 10).max(10)
-    } else {
-        n
-    }
+    if quick() { (n / 10).max(10) } else { n }
 }
 
 fn scenario(
@@ -182,12 +179,8 @@ async fn seed_kernel(services: &Services, rows: &mut Vec<Row>) -> Result<()> {
 /// [`micro::scaling`]).
 fn kernels(rows: &mut Vec<Row>) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let pairs = if std::env::var_os("BENCH_QUICK").is_some() {
-        3
-    } else {
-        21
-    };
-    let scaling = micro::scaling(&micro::KERNELS.map(|(_, k)| k), cores, pairs)?;
+    let triples = if quick() { 3 } else { 21 };
+    let scaling = micro::scaling(&micro::KERNELS.map(|(_, k)| k), cores, triples)?;
     for ((bench, _), Scaling { rayon, copies }) in micro::KERNELS.into_iter().zip(scaling) {
         let one = micro::mean_ms(bench, 1)?;
         let all = micro::mean_ms(bench, cores)?;

@@ -1,5 +1,5 @@
 //! Kernel micro-benchmark figures: criterion's estimates (`cargo bench -p sluice-runner
-//! --bench kernels` writes them first), and parallel efficiency from paired runs.
+//! --bench kernels` writes them first), and parallel efficiency from interleaved runs.
 
 use anyhow::{Context, Result};
 use sluice_runner::kernel::{modsum, pow, primes};
@@ -27,7 +27,7 @@ pub fn mean_ms(bench: &str, threads: usize) -> Result<f64> {
         .context("no mean in criterion estimates")
 }
 
-/// A kernel call, as the paired measurement runs it.
+/// A kernel call, as the interleaved measurement runs it.
 pub type Kernel = fn();
 
 /// The kernels (b) measures, with the criterion names they are reported under.
@@ -43,7 +43,7 @@ pub const KERNELS: [(&str, Kernel); 3] = [
     }),
 ];
 
-/// A kernel's scaling on every core, each figure the median over the pairs.
+/// A kernel's scaling on every core, each figure the median over the triples.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Scaling {
     /// rayon's parallel efficiency: t(1 thread) ÷ (cores × t(one run on every core)).
@@ -55,11 +55,11 @@ pub struct Scaling {
 }
 
 /// Measures each of `kernels` on one thread, on every core with rayon, and as `cores`
-/// independent copies at once, `pairs` times. Each pair's three runs are back to back, in
-/// rotating order, and the kernels take turns pair by pair, so that the shared host slowing
+/// independent copies at once, `triples` times. Each triple's runs are back to back, in
+/// rotating order, and the kernels take turns triple by triple, so that the shared host slowing
 /// down or speeding up hits every side of a ratio alike (criterion measures one side for
 /// seconds, then the other).
-pub fn scaling(kernels: &[Kernel], cores: usize, pairs: usize) -> Result<Vec<Scaling>> {
+pub fn scaling(kernels: &[Kernel], cores: usize, triples: usize) -> Result<Vec<Scaling>> {
     let singles = (0..cores)
         .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
         .collect::<Result<Vec<_>, _>>()?;
@@ -70,7 +70,7 @@ pub fn scaling(kernels: &[Kernel], cores: usize, pairs: usize) -> Result<Vec<Sca
         started.elapsed().as_secs_f64()
     };
     let mut samples = vec![(Vec::new(), Vec::new()); kernels.len()];
-    for round in 0..=pairs {
+    for round in 0..=triples {
         for (k, &kernel) in kernels.iter().enumerate() {
             let mut t = [0.0; 3];
             for step in 0..3 {

@@ -73,7 +73,7 @@ impl ResultRecord {
 /// Returns one integer per record: 1 when written, 0 when it already existed.
 pub const WRITE_RESULTS_LUA: &str = r"
 local ttl = tonumber(ARGV[1])
-local written, by_status, ok, errors = {}, {}, 0, 0
+local written, by_status, count = {}, {}, 0
 for i = 1, #KEYS - 3 do
   local key, a = KEYS[3 + i], 3 + (i - 1) * 7
   if redis.call('EXISTS', key) == 1 then
@@ -85,11 +85,13 @@ for i = 1, #KEYS - 3 do
     if ttl > 0 then redis.call('EXPIRE', key, ttl) end
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'id', ARGV[a + 1], 'status', status)
     by_status[status] = (by_status[status] or 0) + 1
-    if status == 'ok' then ok = ok + 1 else errors = errors + 1 end
+    count = count + 1
     written[i] = 1
   end
 end
 for status, n in pairs(by_status) do redis.call('HINCRBY', KEYS[2], status, n) end
+local ok = by_status['ok'] or 0
+local errors = count - ok
 if ok > 0 then redis.call('HINCRBY', KEYS[3], 'ok', ok) end
 if errors > 0 then redis.call('HINCRBY', KEYS[3], 'errors', errors) end
 return written

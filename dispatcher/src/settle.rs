@@ -167,15 +167,14 @@ async fn dead_letter(
     stager
         .retry("dead-lettering messages", |mut con| {
             let mut pipe = redis::pipe();
-            let cmd = pipe
-                .cmd("EVAL")
+            pipe.cmd("EVAL")
                 .arg(WRITE_RESULTS_LUA)
                 .arg(call.keys.len())
-                .arg(&call.keys[..]);
-            for arg in &call.args {
-                cmd.arg(arg.as_ref());
-            }
-            pipe.ignore().lpush(keys.dead(), &dead[..]).ignore();
+                .arg(&call.keys[..])
+                .arg(&call.args[..])
+                .ignore()
+                .lpush(keys.dead(), &dead[..])
+                .ignore();
             async move { pipe.query_async::<()>(&mut con).await }
         })
         .await?;

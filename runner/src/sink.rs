@@ -95,14 +95,11 @@ impl<'a> ResultSink<'a> {
         let mut pipe = redis::pipe();
         for run in by_batch(pending) {
             let call = ResultWrite::new(keys, &run[0].batch, run, ttl, maxlen);
-            let cmd = pipe
-                .cmd("EVALSHA")
+            pipe.cmd("EVALSHA")
                 .arg(self.script.get_hash())
                 .arg(call.keys.len())
-                .arg(&call.keys[..]);
-            for arg in &call.args {
-                cmd.arg(arg.as_ref());
-            }
+                .arg(&call.keys[..])
+                .arg(&call.args[..]);
         }
         let script = &self.script;
         let runs: Vec<Vec<i64>> =
