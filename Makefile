@@ -3,27 +3,39 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 VENV := .venv
-# The validators and the pika producer come from PyPI into a project-local virtualenv.
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# The validators and the pika producer come from PyPI into a project-local virtualenv;
+# target/services/bin holds the rabbitmqctl of a broker that scripts/services.sh started.
+export PATH := $(CURDIR)/target/services/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
 N ?= 100
 KERNEL ?= modsum
 INPUT ?=
 
-.PHONY: all build release demo demo-local demo-kind test bench services tools validate deny fmt lint \
-        kind-up publish results kind-down clean
+.PHONY: all build release demo demo-local demo-kind test bench setup services services-down tools \
+        validate deny fmt lint kind-up publish results kind-down clean
 
 all: build
 
 build:
+	@scripts/setup.sh rust
 	$(CARGO) build --workspace --bins
 
 release:
+	@scripts/setup.sh rust
 	$(CARGO) build --release --workspace --bins
 
-## Bring RabbitMQ and Redis up if needed (running ones, installed ones, or Docker).
+## What make test needs and a fresh machine lacks (scripts/setup.sh; a second run installs nothing).
+setup:
+	@scripts/setup.sh services rust cargo-tools python kubectl
+
+## RabbitMQ and Redis on loopback: healthy ones are reused, else the project starts its own
+## (Debian's packages, installed if missing; state in target/services). services-down stops them.
 services:
-	@scripts/services.sh
+	@scripts/setup.sh services
+	@scripts/services.sh up
+
+services-down:
+	@scripts/services.sh down
 
 ## The main job: on kind when docker and kind are here, else with the local launcher.
 demo:
@@ -39,7 +51,8 @@ demo:
 demo-local: services release
 	@scripts/demo.sh
 
-demo-kind: kind-up release
+## kind maps host ports 5672/6379, so the local services this checkout started are stopped first.
+demo-kind: services-down kind-up release
 	@scripts/kind.sh publish 200 modsum
 	@scripts/kind.sh wait 200
 	@scripts/kind.sh check 200
@@ -47,7 +60,7 @@ demo-kind: kind-up release
 
 ## Formatting, lints, dependency policy, manifest and image validation, then every test against
 ## real services, ending with the reliability figures and one summary line.
-test: services tools validate deny
+test: setup services validate deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
@@ -58,6 +71,7 @@ test: services tools validate deny
 
 ## Licenses, banned crates and sources (deny.toml).
 deny:
+	@scripts/setup.sh cargo-tools
 	cargo deny check licenses bans sources
 
 ## The benchmark: criterion kernel benches, then every end-to-end scenario, one table.
@@ -68,14 +82,12 @@ bench: services tools release
 	target/release/sluice-bench | tee target/bench.md
 
 ## Python tools: pika (foreign-producer suite) and the offline validators.
-tools: $(VENV)/.installed
-$(VENV)/.installed: scripts/requirements-tools.txt
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-tools.txt
-	@touch $@
+tools:
+	@scripts/setup.sh python
 
 ## The manifests, the rendered Job and the Dockerfile, checked offline.
 validate: tools build
+	@scripts/setup.sh kubectl
 	@mkdir -p target
 	@scripts/credentials.sh
 	kubectl kustomize manifests > target/manifests.yaml
