@@ -27,7 +27,7 @@ pub struct Flight {
 struct Inner {
     config: Arc<Config>,
     stager: Stager,
-    launcher: Launcher,
+    launcher: Box<dyn Launcher>,
     slots: Arc<Semaphore>,
     jobs: TaskTracker,
     metrics: Arc<Metrics>,
@@ -41,7 +41,7 @@ impl Flight {
     pub fn new(
         config: Arc<Config>,
         stager: Stager,
-        launcher: Launcher,
+        launcher: Box<dyn Launcher>,
         metrics: Arc<Metrics>,
         sizer: Arc<Sizer>,
         abandon: CancellationToken,
@@ -63,8 +63,8 @@ impl Flight {
     }
 
     /// The launcher, for its kind and for releasing finished Jobs.
-    pub fn launcher(&self) -> &Launcher {
-        &self.inner.launcher
+    pub fn launcher(&self) -> &dyn Launcher {
+        self.inner.launcher.as_ref()
     }
 
     /// Waits for a free slot under the cap; `None` once `stop` is cancelled.

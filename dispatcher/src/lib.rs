@@ -9,15 +9,15 @@
 //!   [`backlog`] (queue depth plus deliveries already pushed to the consumer).
 //! - [`stage`]: stores the batch in Redis atomically and records its state.
 //! - [`job`]: the typed Kubernetes Job for the batch.
-//! - [`launcher`]: starts the Job (`local`: a child process; `kube`: a Job in the cluster) and
-//!   reports its outcome.
-//! - [`reconciler`]: watches the cluster's Jobs and maps their conditions to outcomes.
+//! - [`launcher`]: starts the Job (`local`: a child process; `kube`: a Job in the cluster, its
+//!   outcome from a supervised watch of the cluster's Jobs) and reports its outcome.
 //! - [`flight`]: the in-flight cap; follows each Job to its outcome.
 //! - [`settle`]: records the outcome; splits a failed batch to isolate its poison message,
 //!   dead-letters a message that fails alone.
 //! - [`serve`]: the loop tying these together, recovery of open batches, graceful shutdown.
 //!
-//! Around them: [`config`] (environment), [`error`], [`retry`] (backoff), [`failpoint`]
+//! Around them: [`config`] (environment), [`error`], [`health`] (readiness with reasons),
+//! [`retry`] (backoff), [`failpoint`]
 //! (crash points for tests), [`metrics`]
 //! (Prometheus and health endpoints), [`shutdown`] (signals), and the [`publish`] and
 //! [`status`] commands.
@@ -29,11 +29,11 @@ pub mod consumer;
 pub mod error;
 pub mod failpoint;
 pub mod flight;
+pub mod health;
 pub mod job;
 pub mod launcher;
 pub mod metrics;
 pub mod publish;
-pub mod reconciler;
 pub mod retry;
 pub mod serve;
 pub mod settle;

@@ -1,5 +1,6 @@
 //! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
+use crate::health::Health;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -12,7 +13,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +35,7 @@ pub struct Metrics {
     pub dead_letters: Counter,
     /// Errors, by kind.
     pub errors: Family<Labels, Counter>,
-    ready: AtomicBool,
+    health: Arc<Health>,
 }
 
 impl Metrics {
@@ -50,7 +50,7 @@ impl Metrics {
             job_duration: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
             dead_letters: Counter::default(),
             errors: Family::default(),
-            ready: AtomicBool::new(false),
+            health: Arc::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -91,9 +91,9 @@ impl Metrics {
             .inc();
     }
 
-    /// Marks the dispatcher ready (consuming) or not.
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    /// What stops the dispatcher from being ready (served at `/readyz`).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// Starts timing a Job; the time is recorded when the guard drops.
@@ -175,10 +175,12 @@ async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
 }
 
 async fn ready(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    if metrics.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not consuming")
+    match metrics.health.ready() {
+        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+        Err(reasons) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{reasons}\n"),
+        ),
     }
 }
 

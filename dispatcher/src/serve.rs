@@ -15,7 +15,7 @@ use crate::flight::Flight;
 use crate::metrics::Metrics;
 use crate::sizer::{BatchMode, Sizer};
 use crate::stage::Stager;
-use crate::{job, launcher};
+use crate::{health, job, launcher};
 use futures::StreamExt;
 use sluice_contract::{BatchState, Keys};
 use std::sync::Arc;
@@ -50,7 +50,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Summary> {
     let abandon = CancellationToken::new();
-    let launcher = launcher::from_config(&config, abandon.clone()).await?;
+    let launcher =
+        launcher::from_config(&config, abandon.clone(), Arc::clone(metrics.health())).await?;
     let keys = Keys::new(&config.key_prefix);
     let stager = tokio::select! {
         () = shutdown.cancelled() => return Ok(Summary::default()),
@@ -139,13 +140,17 @@ impl Dispatcher {
             let outcome = match session {
                 Ok((consumer, stream)) => {
                     failures = 0;
-                    self.metrics.set_ready(true);
+                    self.metrics.health().clear(health::CONSUMER);
                     self.consume_session(consumer, stream, shutdown, &mut launched)
                         .await
                 }
                 Err(e) => Err(e),
             };
-            self.metrics.set_ready(false);
+            let reason = match &outcome {
+                Ok(()) => "shutting down".to_owned(),
+                Err(e) => format!("consumer stopped: {e}"),
+            };
+            self.metrics.health().block(health::CONSUMER, reason);
             if let Err(e) = outcome {
                 self.metrics.error(e.metric_label());
                 failures += 1;

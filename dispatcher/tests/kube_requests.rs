@@ -8,6 +8,7 @@ use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::batch::v1::Job;
 use kube::client::Body;
 use serde_json::{Value, json};
+use sluice_dispatcher::launcher::Launcher;
 use sluice_dispatcher::launcher::kube::KubeLauncher;
 use sluice_dispatcher::{Config, Error, job};
 use std::time::Duration;
@@ -28,7 +29,12 @@ fn launcher() -> (KubeLauncher, ApiHandle) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     (
-        KubeLauncher::with_client(client, &config(), CancellationToken::new()),
+        KubeLauncher::with_client(
+            client,
+            &config(),
+            CancellationToken::new(),
+            std::sync::Arc::default(),
+        ),
         handle,
     )
 }
@@ -175,6 +181,6 @@ async fn finished_jobs_are_deleted_with_background_propagation() {
         let job = serde_json::to_value(Job::default()).unwrap();
         respond(send, StatusCode::OK, &job);
     };
-    let (removed, ()) = tokio::join!(launcher.remove("sluice-b-5"), server);
+    let (removed, ()) = tokio::join!(launcher.finished("sluice-b-5"), server);
     removed.unwrap();
 }

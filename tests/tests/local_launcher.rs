@@ -7,6 +7,7 @@
 use sluice_dispatcher::launcher::{self, Launcher, Outcome};
 use sluice_dispatcher::{Config, job};
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 struct Fixture {
@@ -40,7 +41,7 @@ impl Fixture {
 async fn local_launcher(
     runner: &str,
     extra: &[(&str, &str)],
-) -> (Config, Launcher, CancellationToken) {
+) -> (Config, Box<dyn Launcher>, CancellationToken) {
     let mut vars = vec![
         ("RUNNER_BIN", runner),
         ("LAUNCHER", "local"),
@@ -51,7 +52,7 @@ async fn local_launcher(
     let config =
         Config::from_vars(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))).unwrap();
     let abandon = CancellationToken::new();
-    let launcher = launcher::from_config(&config, abandon.clone())
+    let launcher = launcher::from_config(&config, abandon.clone(), Arc::default())
         .await
         .unwrap();
     (config, launcher, abandon)
@@ -177,7 +178,7 @@ async fn abandoning_stops_waiting_and_kills_the_run() {
 async fn a_missing_runner_binary_is_a_start_up_error() {
     let config =
         Config::from_vars([("RUNNER_BIN".to_owned(), "/nonexistent/runner".to_owned())]).unwrap();
-    let err = launcher::from_config(&config, CancellationToken::new())
+    let err = launcher::from_config(&config, CancellationToken::new(), Arc::default())
         .await
         .err()
         .unwrap();

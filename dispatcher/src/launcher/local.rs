@@ -5,8 +5,9 @@
 //! plus the `SLUICE_TEST_KERNELS` pass-through), a failed run is retried up to `backoffLimit`,
 //! and the whole Job is killed once `activeDeadlineSeconds` have passed.
 
-use super::{Outcome, Running};
+use super::interface::{Launcher, Outcome, Running};
 use crate::error::{Error, Result};
+use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,21 @@ struct RunSpec {
     deadline: Duration,
 }
 
+impl Launcher for LocalLauncher {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn launch<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<Running>> {
+        Box::pin(async move { self.start(job) })
+    }
+
+    /// A child process holds nothing once it has exited.
+    fn finished<'a>(&'a self, _job_name: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
 impl LocalLauncher {
     /// A launcher running `runner_bin`, which must exist (a bare name is looked up in `PATH`
     /// now, since runners get no `PATH` of their own).
@@ -61,7 +77,7 @@ impl LocalLauncher {
     }
 
     /// Starts the Job; the returned future drives its runs, retries and deadline.
-    pub fn launch(&self, job: &Job) -> Result<Running> {
+    pub fn start(&self, job: &Job) -> Result<Running> {
         let spec = self.run_spec(job)?;
         let command = self.command(&spec);
         let (startup_delay, abandon) = (self.startup_delay, self.abandon.clone());

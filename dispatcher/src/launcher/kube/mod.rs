@@ -2,23 +2,28 @@
 //!
 //! Creates are idempotent by name (a retry after a crash meets 409 AlreadyExists and adopts the
 //! Job), paced by a client-side rate limit, and retried with backoff on 429, 5xx and connection
-//! errors. Outcomes come from the [`reconciler`](crate::reconciler) watcher; a Job is deleted
-//! once its outcome is recorded.
+//! errors. Outcomes come from the Job watch ([`watch`]), a task this launcher owns; a Job is
+//! deleted once its outcome is recorded.
 
-use super::{Outcome, Running};
+pub mod watch;
+
+use super::interface::{Launcher, Outcome, Running};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::job::MANAGED_SELECTOR;
-use crate::reconciler::{self, JobTracker};
 use crate::retry::with_backoff;
+use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{DeleteParams, PostParams, PropagationPolicy};
+use kube::runtime::reflector::store::Writer;
 use kube::{Api, Client};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use watch::JobTracker;
 
 /// How long an API call is retried before the batch's launch fails (its messages then return
 /// to the queue).
@@ -31,13 +36,18 @@ pub struct KubeLauncher {
     pacing: Mutex<Instant>,
     interval: Duration,
     abandon: CancellationToken,
+    /// Stops the watch task when the launcher is dropped.
     stop_watch: CancellationToken,
 }
 
 impl KubeLauncher {
     /// Connects (kubeconfig from `KUBECONFIG`, else the usual places, else in-cluster) and
     /// starts watching the dispatcher's Jobs in `NAMESPACE`.
-    pub async fn connect(config: &Config, abandon: CancellationToken) -> Result<Self> {
+    pub async fn connect(
+        config: &Config,
+        abandon: CancellationToken,
+        health: Arc<Health>,
+    ) -> Result<Self> {
         let client = match &config.kubeconfig {
             Some(path) => {
                 let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
@@ -55,18 +65,26 @@ impl KubeLauncher {
                 .await
                 .map_err(Error::kube("finding a cluster"))?,
         };
-        Ok(Self::with_client(client, config, abandon))
+        Ok(Self::with_client(client, config, abandon, health))
     }
 
     /// A launcher on an existing client (tests pass a mock).
-    pub fn with_client(client: Client, config: &Config, abandon: CancellationToken) -> Self {
+    pub fn with_client(
+        client: Client,
+        config: &Config,
+        abandon: CancellationToken,
+        health: Arc<Health>,
+    ) -> Self {
         let api: Api<Job> = Api::namespaced(client, &config.namespace);
-        let tracker = Arc::new(JobTracker::default());
+        let writer = Writer::default();
+        let tracker = Arc::new(JobTracker::new(writer.as_reader(), &config.namespace));
         let stop_watch = CancellationToken::new();
-        tokio::spawn(reconciler::watch(
-            api.clone(),
-            MANAGED_SELECTOR,
+        // Owned through `stop_watch`: the supervisor restarts the watch until it is cancelled.
+        tokio::spawn(watch::supervise(
+            watch::job_events(api.clone(), MANAGED_SELECTOR),
+            writer,
             Arc::clone(&tracker),
+            health,
             stop_watch.clone(),
         ));
         Self {
@@ -80,13 +98,14 @@ impl KubeLauncher {
     }
 
     /// Creates (or adopts) the Job and returns a future for its outcome.
-    pub async fn launch(&self, job: &Job) -> Result<Running> {
+    async fn start(&self, job: &Job) -> Result<Running> {
         let name = job.metadata.name.clone().unwrap_or_default();
         let outcome = self.tracker.register(&name);
         if let Err(e) = self.create(job, &name).await {
             self.tracker.forget(&name);
             return Err(e);
         }
+        self.tracker.created(&name);
         let abandon = self.abandon.clone();
         Ok(Box::pin(async move {
             tokio::select! {
@@ -137,7 +156,7 @@ impl KubeLauncher {
     }
 
     /// Deletes a finished Job (and its pods) once its outcome is recorded.
-    pub async fn remove(&self, name: &str) -> Result<()> {
+    async fn remove(&self, name: &str) -> Result<()> {
         self.tracker.forget(name);
         let params = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),
@@ -154,6 +173,20 @@ impl KubeLauncher {
             }
         })
         .await
+    }
+}
+
+impl Launcher for KubeLauncher {
+    fn kind(&self) -> &'static str {
+        "kube"
+    }
+
+    fn launch<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<Running>> {
+        Box::pin(self.start(job))
+    }
+
+    fn finished<'a>(&'a self, job_name: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.remove(job_name))
     }
 }
 

@@ -1,0 +1,91 @@
+//! Readiness with reasons: each part of the dispatcher that can stop it from taking work (the
+//! consumer, the Job watch, …) blocks readiness under its own name with a human-readable
+//! reason, and clears it when it recovers. `/readyz` answers 503 with every reason while any
+//! block stands; each change of state is logged once, not on every check.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+
+/// The consumer is not connected to RabbitMQ (set at start until the first session opens).
+pub const CONSUMER: &str = "consumer";
+/// The kube launcher's Job watch is down (its outcomes may arrive late).
+pub const JOB_WATCH: &str = "job-watch";
+
+/// What stops the dispatcher from being ready, by part.
+#[derive(Debug)]
+pub struct Health {
+    blocks: Mutex<BTreeMap<&'static str, String>>,
+}
+
+impl Default for Health {
+    /// Not ready until the consumer's first session opens.
+    fn default() -> Self {
+        let blocks = BTreeMap::from([(CONSUMER, "not connected to RabbitMQ yet".to_owned())]);
+        Self {
+            blocks: Mutex::new(blocks),
+        }
+    }
+}
+
+impl Health {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
+        // Single inserts and removes: a panic elsewhere cannot leave the map half-written.
+        self.blocks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `part` stops the dispatcher from being ready, because of `reason`.
+    pub fn block(&self, part: &'static str, reason: impl Into<String>) {
+        let reason = reason.into();
+        let previous = self.lock().insert(part, reason.clone());
+        if previous.is_none() {
+            tracing::warn!(part, %reason, "not ready");
+        }
+    }
+
+    /// `part` no longer stops the dispatcher from being ready.
+    pub fn clear(&self, part: &'static str) {
+        if self.lock().remove(part).is_some() {
+            tracing::info!(part, "recovered");
+        }
+    }
+
+    /// `Ok` when nothing blocks readiness, else every reason, one `part: reason` per line.
+    pub fn ready(&self) -> Result<(), String> {
+        let blocks = self.lock();
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let reasons: Vec<String> = blocks.iter().map(|(p, r)| format!("{p}: {r}")).collect();
+        Err(reasons.join("\n"))
+    }
+
+    /// Whether `part` blocks readiness now.
+    pub fn is_blocked(&self, part: &str) -> bool {
+        self.lock().contains_key(part)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_lists_every_block_until_each_clears() {
+        let health = Health::default();
+        assert!(
+            health.ready().is_err(),
+            "not ready before the consumer connects"
+        );
+        health.clear(CONSUMER);
+        assert_eq!(health.ready(), Ok(()));
+        health.block(JOB_WATCH, "watch failed: 500");
+        health.block(CONSUMER, "connection refused");
+        assert_eq!(
+            health.ready(),
+            Err("consumer: connection refused\njob-watch: watch failed: 500".into())
+        );
+        health.clear(JOB_WATCH);
+        assert!(!health.is_blocked(JOB_WATCH));
+        assert_eq!(health.ready(), Err("consumer: connection refused".into()));
+    }
+}
