@@ -210,3 +210,63 @@ async fn api_server_errors_are_retried_and_nothing_is_lost() {
     dispatcher.await.unwrap().unwrap();
     env.cleanup().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_deleted_while_the_watch_is_down_is_settled_after_the_410_relist() {
+    require_binaries().unwrap();
+    let env = TestEnv::new("kube-watch-gap").await.unwrap();
+    let (fake, kubeconfig) = cluster(&env).await;
+    // One batch of four slow messages (fixed size), so the deleted Job holds all of them.
+    let extra = [
+        ("BATCH_MODE", "fixed"),
+        ("BATCH_MAX_MESSAGES", "4"),
+        ("MAX_JOBS_IN_FLIGHT", "2"),
+    ];
+    let ids: Vec<String> = (0..4).map(|i| format!("gap{i}")).collect();
+    let messages: Vec<Outgoing> = ids
+        .iter()
+        .map(|id| Outgoing::json(&json!({"id": id, "kernel": "sleep", "input": {"ms": 1500}})))
+        .collect();
+    env.publish(&messages).await.unwrap();
+    let stop = CancellationToken::new();
+    let dispatcher = spawn_dispatcher(kube_config(&env, &kubeconfig, &extra), stop.clone());
+    wait_until("the batch's pod runs", || !fake.stats().pods.is_empty()).await;
+
+    // The watch goes down; while it is down the Job is deleted and the history compacted, so
+    // no Delete event can ever be replayed: only the re-list after 410 Gone can tell.
+    fake.cut_watches_for(Duration::from_secs(2));
+    let name = fake.job_names().pop().unwrap();
+    assert!(fake.delete_job(NAMESPACE, &name));
+    fake.compact();
+
+    env.wait_for_results(&ids, Duration::from_secs(60))
+        .await
+        .unwrap();
+    wait_until("every finished Job is deleted", || fake.job_count() == 0).await;
+    stop.cancel();
+    dispatcher.await.unwrap().unwrap();
+
+    let stats = fake.stats();
+    assert!(stats.watch_refusals >= 1, "the watch was down: {stats:?}");
+    assert!(
+        stats.gone >= 1,
+        "the watch resumed into 410 Gone: {stats:?}"
+    );
+    assert_eq!(
+        stats.creates.len(),
+        3,
+        "the deleted batch settled once, as failed, and its halves ran: {stats:?}"
+    );
+    for id in &ids {
+        let result = env.result(id).await.unwrap();
+        assert_eq!(
+            result.get("status").map(String::as_str),
+            Some("ok"),
+            "{id}: {result:?}"
+        );
+    }
+    let figures = env.figures(&ids, Duration::from_secs(1)).await.unwrap();
+    record("kube: Job deleted while the watch was down", 1, &figures);
+    assert_eq!((figures.lost, figures.duplicated), (0, 0), "{figures:?}");
+    env.cleanup().await.unwrap();
+}

@@ -161,29 +161,14 @@ async fn get_one(State(shared): Shared_, Path((ns, name)): Path<(String, String)
 }
 
 async fn delete(State(shared): Shared_, Path((ns, name)): Path<(String, String)>) -> Response {
-    let (removed, rv) = {
-        let mut store = shared.store();
-        let removed = store.remove(&ns, &name);
-        (removed, store.rv())
-    };
-    let Some(job) = removed else {
-        return failure(
+    match shared.delete_job(&ns, &name) {
+        Some(job) => reply(StatusCode::OK, &json!(job)),
+        None => failure(
             StatusCode::NOT_FOUND,
             "NotFound",
             &format!("jobs.batch \"{name}\" not found"),
-        );
-    };
-    shared.changed.send_replace(rv);
-    shared.stats().deletes += 1;
-    if let Some(token) = shared
-        .controllers
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&name)
-    {
-        token.cancel();
+        ),
     }
-    reply(StatusCode::OK, &json!(job))
 }
 
 async fn list_or_watch(
@@ -201,6 +186,26 @@ async fn list_or_watch(
             .get("timeoutSeconds")
             .and_then(|v| v.parse().ok())
             .unwrap_or(1800);
+        if shared.watch_refused() {
+            shared.stats().watch_refusals += 1;
+            return failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "watch outage",
+            );
+        }
+        if let Some(rv) = since
+            && rv < shared.store().compacted
+        {
+            // The real server answers 200 with one ERROR event, then ends the stream.
+            shared.stats().gone += 1;
+            let gone = status(410, "Expired", &format!("too old resource version: {rv}"));
+            return (
+                [(header::CONTENT_TYPE, "application/json")],
+                format!("{}\n", json!({"type": "ERROR", "object": gone})),
+            )
+                .into_response();
+        }
         return watch(shared, ns, selector, since, Duration::from_secs(timeout));
     }
     let store = shared.store();
@@ -229,6 +234,7 @@ fn watch(
     timeout: Duration,
 ) -> Response {
     let changed = shared.changed.subscribe();
+    let cuts = shared.watch_cuts.subscribe();
     let (cursor, pending) = {
         let store = shared.store();
         if let Some(rv) = since {
@@ -249,6 +255,7 @@ fn watch(
         ns,
         selector,
         changed,
+        cuts,
         cursor,
         pending,
         deadline,
@@ -275,6 +282,7 @@ struct Watch {
     ns: String,
     selector: Selector,
     changed: tokio::sync::watch::Receiver<u64>,
+    cuts: tokio::sync::watch::Receiver<u64>,
     cursor: u64,
     pending: Vec<Bytes>,
     deadline: tokio::time::Instant,
@@ -291,6 +299,7 @@ impl Watch {
             tokio::select! {
                 () = self.shared.stop.cancelled() => return None,
                 () = tokio::time::sleep_until(self.deadline) => return None,
+                _ = self.cuts.changed() => return None,
                 result = self.changed.changed() => result.ok()?,
             }
         }

@@ -36,6 +36,10 @@ pub struct Shared {
     stats: Mutex<Stats>,
     active: AtomicI64,
     controllers: Mutex<HashMap<String, CancellationToken>>,
+    /// Bumped to end every open watch stream.
+    watch_cuts: watch::Sender<u64>,
+    /// Watch requests are refused (503) until then.
+    watch_outage: Mutex<Option<Instant>>,
     stop: CancellationToken,
 }
 
@@ -54,6 +58,10 @@ pub struct Stats {
     pub peak_active: i64,
     /// Deletes of existing Jobs.
     pub deletes: u32,
+    /// Watches answered 410 Gone (their version was compacted).
+    pub gone: u32,
+    /// Watch requests refused during a watch outage.
+    pub watch_refusals: u32,
 }
 
 impl Shared {
@@ -77,6 +85,42 @@ impl Shared {
             store.rv()
         };
         self.changed.send_replace(rv);
+    }
+
+    /// Deletes a Job as the API server would (an event; its pod is stopped).
+    fn delete_job(&self, ns: &str, name: &str) -> Option<k8s_openapi::api::batch::v1::Job> {
+        let (removed, rv) = {
+            let mut store = self.store();
+            let removed = store.remove(ns, name);
+            (removed, store.rv())
+        };
+        let job = removed?;
+        self.changed.send_replace(rv);
+        self.stats().deletes += 1;
+        if let Some(token) = self
+            .controllers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name)
+        {
+            token.cancel();
+        }
+        Some(job)
+    }
+
+    fn watch_refused(&self) -> bool {
+        let mut outage = self
+            .watch_outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match *outage {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                *outage = None;
+                false
+            }
+            None => false,
+        }
     }
 
     fn pod_started(this: &Arc<Self>, name: &str) -> ActivePod {
@@ -133,6 +177,8 @@ impl FakeKube {
             stats: Mutex::default(),
             active: AtomicI64::new(0),
             controllers: Mutex::default(),
+            watch_cuts: watch::channel(0).0,
+            watch_outage: Mutex::default(),
             stop: CancellationToken::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -168,6 +214,39 @@ impl FakeKube {
             .fault
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now() + duration, code));
+    }
+
+    /// Ends every open watch stream and refuses new watch requests (503) for `duration`, as
+    /// an API server restart or a network cut does.
+    pub fn cut_watches_for(&self, duration: Duration) {
+        *self
+            .shared
+            .watch_outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + duration);
+        self.shared.watch_cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Forgets the event history up to now: a watch resuming from an older version gets 410
+    /// Gone and must re-list.
+    pub fn compact(&self) {
+        let mut store = self.shared.store();
+        store.compacted = store.rv();
+    }
+
+    /// Deletes the Job `name` in `ns` directly (as `kubectl delete job` would).
+    pub fn delete_job(&self, ns: &str, name: &str) -> bool {
+        self.shared.delete_job(ns, name).is_some()
+    }
+
+    /// Names of the Jobs stored now.
+    pub fn job_names(&self) -> Vec<String> {
+        self.shared
+            .store()
+            .jobs
+            .keys()
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     /// What the server has seen so far.

@@ -25,6 +25,8 @@ pub struct Store {
     pub jobs: BTreeMap<(String, String), Job>,
     /// Every change, in order.
     pub events: Vec<Event>,
+    /// Watches from a version older than this get 410 Gone (etcd compacted the history).
+    pub compacted: u64,
 }
 
 impl Store {
