@@ -3,12 +3,13 @@
 //! The prefetch is what keeps a burst in RabbitMQ: the broker sends at most `prefetch`
 //! unacked deliveries, and the dispatcher acks a batch only once its Job is launched.
 
+use crate::amqp::{connect, declare_queue, inspect_queue};
 use crate::batcher::Weighed;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use sluice_contract::StagedMessage;
 
 /// A live consumer's connection and channel; its deliveries come as a separate stream.
@@ -54,40 +55,6 @@ impl Weighed for Pending {
     fn bytes(&self) -> usize {
         self.frame.len()
     }
-}
-
-/// Opens a connection (named after the dispatcher, so operators see it in RabbitMQ).
-pub async fn connect(url: &str, name: &str) -> Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties)
-        .await
-        .map_err(Error::amqp("connecting to rabbitmq"))
-}
-
-/// Declares the durable work queue, as producers may also do with the same arguments.
-pub async fn declare_queue(channel: &Channel, queue: &str) -> Result<lapin::Queue> {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(Error::amqp("declaring the queue"))
-}
-
-/// Reads a queue's state (ready messages, consumers) with a passive declare: one round trip,
-/// and an error if the queue does not exist.
-pub async fn inspect_queue(channel: &Channel, queue: &str) -> Result<lapin::Queue> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .map_err(Error::amqp("reading the queue's state"))
 }
 
 impl Consumer {

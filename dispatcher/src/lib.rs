@@ -4,7 +4,8 @@
 //! batch, never more than `MAX_JOBS_IN_FLIGHT` at once. A message goes, in file order:
 //!
 //! # Layout
-//! - [`consumer`]: RabbitMQ connection, prefetch, manual acks; a delivery becomes a staged frame.
+//! - [`consumer`]: RabbitMQ connection, prefetch, manual acks; a delivery becomes a staged frame
+//!   ([`amqp`]: connecting and declaring, shared with the `publish` and `status` commands).
 //! - [`batcher`]: closes batches on count, bytes or linger; [`sizer`] picks the count from the
 //!   [`backlog`] (queue depth plus deliveries already pushed to the consumer).
 //! - [`stage`]: stores the batch in Redis atomically and records its state.
@@ -22,6 +23,7 @@
 //! (Prometheus and health endpoints), [`shutdown`] (signals), and the [`publish`] and
 //! [`status`] commands.
 
+pub mod amqp;
 pub mod backlog;
 pub mod batcher;
 pub mod config;

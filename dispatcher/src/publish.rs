@@ -1,6 +1,6 @@
 //! `dispatcher publish`: push messages with publisher confirms and a progress bar.
 
-use crate::consumer::{connect, declare_queue};
+use crate::amqp::{connect, declare_queue};
 use crate::error::{Error, Result};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;

@@ -1,7 +1,7 @@
 //! `dispatcher status`: queue depth, batches by state, Jobs in flight, result counts.
 
+use crate::amqp::{connect, inspect_queue};
 use crate::config::Config;
-use crate::consumer::{connect, inspect_queue};
 use crate::error::{Error, Result};
 use redis::AsyncCommands;
 use sluice_contract::{BatchState, Keys};

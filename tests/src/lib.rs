@@ -150,7 +150,7 @@ impl TestEnv {
         let connection =
             Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        sluice_dispatcher::consumer::declare_queue(&channel, &self.queue).await?;
+        sluice_dispatcher::amqp::declare_queue(&channel, &self.queue).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
@@ -267,7 +267,7 @@ impl TestEnv {
         let connection =
             Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        let queue = sluice_dispatcher::consumer::declare_queue(&channel, &self.queue).await?;
+        let queue = sluice_dispatcher::amqp::declare_queue(&channel, &self.queue).await?;
         connection.close(200, "read".into()).await?;
         Ok(queue.message_count())
     }
