@@ -3,6 +3,8 @@
 //! Every retry and reconnect loop in sluice takes its delays from a [`Policy`] here: through
 //! [`retry_blocking`] or [`retry_async`], or, for a loop that restarts its schedule itself (the
 //! dispatcher's reconnects, which start over after each good session), through a [`Backoff`].
+//! The one exception is the dispatcher's Job watcher, which keeps kube's own
+//! `watcher(..).default_backoff()`: kube restarts the watch itself, on backon too.
 //!
 //! The delays come from backon's `ExponentialBuilder`. backon is maintained and was already in
 //! the dependency tree (kube's runtime and redis use it), so it adds no crate; the `backoff`

@@ -17,10 +17,9 @@
 //!   dead-letters a message that fails alone.
 //! - [`serve`]: the loop tying these together, recovery of open batches, graceful shutdown.
 //!
-//! Around them: [`config`] (environment), [`error`], [`retry`] (backoff), [`failpoint`]
-//! (crash points for tests), [`metrics`]
-//! (Prometheus and health endpoints), [`shutdown`] (signals), and the [`publish`] and
-//! [`status`] commands.
+//! Around them: [`config`] (environment), [`error`], [`retry`] (Redis and API calls through the
+//! shared retry helper), [`failpoint`] (crash points for tests), [`metrics`] (Prometheus and
+//! health endpoints), [`shutdown`] (signals), and the [`publish`] and [`status`] commands.
 
 pub mod backlog;
 pub mod batcher;
