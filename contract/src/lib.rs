@@ -9,7 +9,8 @@
 //! - [`staged`]: the frame a delivery is stored as while its batch waits in Redis.
 //! - [`keys`]: every Redis key name.
 //! - [`record`]: the result record users read back, and batch states.
-//! - [`retry`]: the backoff policy every reconnect and retry goes through.
+//! - [`retry`]: the one retry helper (exponential backoff with jitter, on backon) that every
+//!   reconnect and retry goes through.
 //! - [`runner_env`]: the runner's environment, produced by the dispatcher, read by the runner.
 
 pub mod envelope;

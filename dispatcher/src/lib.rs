@@ -18,10 +18,9 @@
 //! - [`serve`]: the loop tying these together, recovery of open batches, graceful shutdown.
 //!
 //! Around them: [`config`] (environment), [`error`], [`health`] (readiness with reasons),
-//! [`retry`] (backoff), [`failpoint`]
-//! (crash points for tests), [`metrics`]
-//! (Prometheus and health endpoints), [`shutdown`] (signals), and the [`publish`] and
-//! [`status`] commands.
+//! [`retry`] (Redis and API calls through the
+//! shared retry helper), [`failpoint`] (crash points for tests), [`metrics`] (Prometheus and
+//! health endpoints), [`shutdown`] (signals), and the [`publish`] and [`status`] commands.
 
 pub mod amqp;
 pub mod backlog;

@@ -1,4 +1,5 @@
-//! Retrying dispatcher operations with the shared backoff policy on the tokio clock.
+//! Retrying one dispatcher operation (a Redis call, an API request) with the shared retry helper
+//! (`sluice_contract::retry`) on the tokio clock.
 
 use crate::error::{Error, Result};
 use sluice_contract::retry::{Policy, retry_async};
@@ -6,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 /// Retries transient failures of `op` for up to `budget` (`None`: until it succeeds or fails
-/// permanently), logging each retry under `what`.
+/// permanently), logging each retry under `what`. Delays double from 100 ms to 10 s, with jitter.
 pub async fn with_backoff<T, Op, Fut>(
     what: &'static str,
     budget: Option<Duration>,

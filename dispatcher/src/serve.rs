@@ -17,11 +17,20 @@ use crate::sizer::{BatchMode, Sizer};
 use crate::stage::Stager;
 use crate::{health, job, launcher};
 use futures::StreamExt;
+use sluice_contract::retry::Policy;
 use sluice_contract::{BatchState, Keys};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+
+/// Delays between attempts to (re)connect the consumer: 400 ms doubling to 12.8 s, plus jitter,
+/// for as long as the dispatcher runs.
+const RECONNECT: Policy = Policy::new(
+    Duration::from_millis(400),
+    Duration::from_millis(12_800),
+    None,
+);
 
 /// What a dispatcher run did, returned when it stops.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -129,9 +138,11 @@ impl Dispatcher {
     }
 
     /// Consumes until shutdown, reconnecting with backoff whenever RabbitMQ or Redis fails.
+    /// The schedule starts over once a session is up, so a failure after a good session waits
+    /// the shortest delay again.
     async fn consume(&self, shutdown: &CancellationToken) -> u64 {
         let mut launched = 0;
-        let mut failures = 0_u32;
+        let mut backoff = RECONNECT.backoff();
         while !shutdown.is_cancelled() {
             let session = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -139,7 +150,7 @@ impl Dispatcher {
             };
             let outcome = match session {
                 Ok((consumer, stream)) => {
-                    failures = 0;
+                    backoff = RECONNECT.backoff();
                     self.metrics.health().clear(health::CONSUMER);
                     self.consume_session(consumer, stream, shutdown, &mut launched)
                         .await
@@ -153,10 +164,11 @@ impl Dispatcher {
             self.metrics.health().block(health::CONSUMER, reason);
             if let Err(e) = outcome {
                 self.metrics.error(e.metric_label());
-                failures += 1;
-                let delay = Duration::from_millis(200 * 2_u64.pow(failures.min(6)));
+                // RECONNECT has neither budget nor retry limit: its schedule never runs out.
+                let delay = backoff.next_delay().unwrap_or(RECONNECT.max_delay());
                 tracing::warn!(error = %e, ?delay, "consumer stopped; reconnecting");
                 tokio::select! {
+                    // Shutdown cuts the wait short; a timer holds nothing, so dropping it is safe.
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(delay) => {}
                 }

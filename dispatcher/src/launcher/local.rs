@@ -9,11 +9,13 @@ use super::interface::{Launcher, Outcome, Running};
 use crate::error::{Error, Result};
 use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
+use sluice_contract::retry::{Policy, retry_async};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 /// What the local launcher needs besides the Job.
@@ -168,32 +170,56 @@ fn find_executable(bin: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Delays between a failed run and the next: 400 ms doubling to 6.4 s, plus jitter. Shorter than
+/// the Job controller's (10 s doubling to 6 min), so local runs and tests do not crawl.
+const RERUN: Policy = Policy::new(
+    Duration::from_millis(400),
+    Duration::from_millis(6_400),
+    None,
+);
+
 /// Runs up to `spec.attempts` times; each retry waits a little longer, like the Job controller.
-async fn run_attempts(mut command: Command, spec: &RunSpec, startup_delay: Duration) -> Outcome {
-    let mut last = String::new();
-    for attempt in 1..=spec.attempts {
-        if attempt > 1 {
-            tokio::time::sleep(retry_delay(attempt)).await;
+async fn run_attempts(command: Command, spec: &RunSpec, startup_delay: Duration) -> Outcome {
+    // Each attempt's future spawns from the one command; the lock is held only to spawn.
+    let command = &Mutex::new(command);
+    let mut attempt = 0_u32;
+    let run = || {
+        attempt += 1;
+        let attempt = attempt;
+        async move {
+            // Simulated pod start-up (benchmarks): the runner starts only after it.
+            tokio::time::sleep(startup_delay).await;
+            let spawned = command
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .spawn();
+            let outcome = run_to_exit(spawned).await;
+            if let Err(reason) = &outcome {
+                tracing::warn!(job = %spec.name, attempt, attempts = spec.attempts, %reason, "runner failed");
+            }
+            outcome
         }
-        // Simulated pod start-up (benchmarks): the runner starts only after it.
-        tokio::time::sleep(startup_delay).await;
-        last = match command.spawn() {
-            Ok(mut child) => match child.wait().await {
-                Ok(status) if status.success() => return Outcome::Succeeded,
-                Ok(status) => describe(status),
-                Err(e) => format!("cannot wait for runner: {e}"),
-            },
-            Err(e) => format!("cannot start runner: {e}"),
-        };
-        tracing::warn!(job = %spec.name, attempt, attempts = spec.attempts, reason = %last, "runner failed");
-    }
-    Outcome::Failed {
-        reason: format!("BackoffLimitExceeded: {last}"),
+    };
+    // Every failure is worth another run, as for the Job controller: the limit is the retries.
+    let policy = RERUN.with_max_retries(spec.attempts.saturating_sub(1) as usize);
+    match retry_async(policy, run, |_| true, |_, _| {}, tokio::time::sleep).await {
+        Ok(()) => Outcome::Succeeded,
+        Err(last) => Outcome::Failed {
+            reason: format!("BackoffLimitExceeded: {last}"),
+        },
     }
 }
 
-fn retry_delay(attempt: u32) -> Duration {
-    Duration::from_millis(100 * 2_u64.pow(attempt.min(6)))
+/// Waits for one run of the runner: `Ok` on exit code 0, else why it failed.
+async fn run_to_exit(spawned: std::io::Result<Child>) -> std::result::Result<(), String> {
+    match spawned {
+        Ok(mut child) => match child.wait().await {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(describe(status)),
+            Err(e) => Err(format!("cannot wait for runner: {e}")),
+        },
+        Err(e) => Err(format!("cannot start runner: {e}")),
+    }
 }
 
 fn describe(status: ExitStatus) -> String {

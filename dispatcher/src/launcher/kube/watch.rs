@@ -31,6 +31,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+/// How quickly an ended watch is restarted: never given up on.
+const RESTARTS: Policy = Policy::new(Duration::from_millis(200), Duration::from_secs(30), None);
+
 /// The reason a batch fails with when its Job disappears before finishing.
 const DELETED: &str = "JobDeleted: the Job was deleted before it finished";
 
@@ -226,7 +229,7 @@ pub async fn supervise(
 ) {
     // Shared with each run, so the store survives a run that panics.
     let writer = Arc::new(Mutex::new(writer));
-    let mut restarts = Policy::new(Duration::from_millis(200), Duration::from_secs(30), None);
+    let mut restarts = RESTARTS.backoff();
     loop {
         let run = follow(
             events(),
@@ -243,7 +246,8 @@ pub async fn supervise(
             Ok(()) => "the job watch ended".to_owned(),
             Err(e) => format!("the job watch task failed: {e}"),
         };
-        let delay = restarts.next_delay().unwrap_or(Duration::from_secs(30));
+        // RESTARTS has neither budget nor retry limit: its schedule never runs out.
+        let delay = restarts.next_delay().unwrap_or(RESTARTS.max_delay());
         tracing::error!(%why, ?delay, "restarting the job watch");
         health.block(health::JOB_WATCH, format!("{why}; restarting it"));
         tokio::select! {
