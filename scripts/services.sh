@@ -14,6 +14,9 @@ REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/}
 STATE=$PWD/target/services
 RABBIT_NODE=sluice@localhost
 RABBIT_BIN=/usr/lib/rabbitmq/bin # Debian's; its /usr/sbin wrappers would switch user
+# The node's Erlang cookie lives in one per-user place, so every checkout's rabbitmqctl can
+# reach a broker that another checkout started and this one reuses.
+COOKIE_HOME=${XDG_CACHE_HOME:-$HOME/.cache}/sluice/rabbitmq
 
 say() { echo "services: $*"; }
 die() {
@@ -54,20 +57,20 @@ wait_until() { # seconds description command...
 
 rabbit_env() {
   export RABBITMQ_NODENAME=$RABBIT_NODE RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
-    RABBITMQ_NODE_PORT=$1 ERL_EPMD_ADDRESS=127.0.0.1 HOME=$STATE/rabbitmq \
+    RABBITMQ_NODE_PORT=$1 ERL_EPMD_ADDRESS=127.0.0.1 HOME=$COOKIE_HOME \
     RABBITMQ_MNESIA_BASE=$STATE/rabbitmq/mnesia RABBITMQ_LOG_BASE=$STATE/rabbitmq/log \
     RABBITMQ_CONFIG_FILE=$STATE/rabbitmq/rabbitmq \
     RABBITMQ_ENABLED_PLUGINS_FILE=$STATE/rabbitmq/enabled_plugins \
     RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
 }
 
-# The tests and users call rabbitmqctl; this one reaches the node started here.
+# The tests and users call rabbitmqctl; this one reaches the node scripts/services.sh started.
 write_rabbitmqctl() {
   mkdir -p "$STATE/bin"
   cat >"$STATE/bin/rabbitmqctl" <<EOF
 #!/bin/sh
-# rabbitmqctl for the RabbitMQ node that scripts/services.sh started for this checkout.
-HOME='$STATE/rabbitmq' exec $RABBIT_BIN/rabbitmqctl -n $RABBIT_NODE "\$@"
+# rabbitmqctl for the RabbitMQ node $RABBIT_NODE that scripts/services.sh started.
+HOME='$COOKIE_HOME' exec $RABBIT_BIN/rabbitmqctl -n $RABBIT_NODE "\$@"
 EOF
   chmod +x "$STATE/bin/rabbitmqctl"
 }
@@ -75,7 +78,7 @@ EOF
 start_rabbitmq() { # port
   [[ -x $RABBIT_BIN/rabbitmq-server ]] ||
     die "rabbitmq-server is not installed; run: scripts/setup.sh services"
-  mkdir -p "$STATE/rabbitmq/log"
+  mkdir -p "$STATE/rabbitmq/log" "$COOKIE_HOME"
   touch "$STATE/rabbitmq/enabled_plugins"
   pgrep -x epmd >/dev/null || touch "$STATE/epmd.ours"
   say "starting RabbitMQ on 127.0.0.1:$1 (node $RABBIT_NODE, log: target/services/rabbitmq/log)"
@@ -109,6 +112,11 @@ ensure() { # name url default-port health-fn start-fn
       say "$name is running at $host:$port (started by this checkout)"
     else
       say "$name is running at $host:$port (reusing it)"
+      # Started by another checkout of sluice: reach it with the shared cookie.
+      if [[ $name == rabbitmq && -f $COOKIE_HOME/.erlang.cookie ]] &&
+        epmd -names 2>/dev/null | grep -q "^name ${RABBIT_NODE%@*} "; then
+        write_rabbitmqctl
+      fi
     fi
     return 0
   fi
