@@ -92,7 +92,7 @@ validate: tools build
 	@mkdir -p target
 	@scripts/credentials.sh
 	kubectl kustomize manifests > target/manifests.yaml
-	target/debug/dispatcher render-job > target/job.yaml
+	JOB_TEMPLATE=manifests/job-template.yaml target/debug/dispatcher render-job > target/job.yaml
 	kubernetes-validate --strict --kubernetes-version 1.33 target/manifests.yaml target/job.yaml
 	kubernetes-validate --strict target/manifests.yaml target/job.yaml
 	hadolint Dockerfile

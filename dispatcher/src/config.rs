@@ -128,6 +128,12 @@ pub struct Config {
     /// Passed through to local runners; enables the test kernels.
     #[serde(default)]
     pub sluice_test_kernels: Option<String>,
+    /// The Job template file (`JOB_TEMPLATE`); unset: sluice's own defaults alone.
+    #[serde(default, rename = "job_template")]
+    pub job_template_path: Option<PathBuf>,
+    /// The Job template, read and checked from `JOB_TEMPLATE` at start-up.
+    #[serde(skip)]
+    pub job_template: Box<k8s_openapi::api::batch::v1::Job>,
 }
 
 /// Defaults, one function per variable (serde's `default = "…"` needs a path).
@@ -231,8 +237,11 @@ impl Config {
 
     /// Reads and validates the given variables.
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
-        let config: Self = envy::from_iter(vars).map_err(Error::Config)?;
+        let mut config: Self = envy::from_iter(vars).map_err(Error::Config)?;
         config.validate()?;
+        if let Some(path) = &config.job_template_path {
+            config.job_template = Box::new(crate::job::template::load(path)?);
+        }
         Ok(config)
     }
 
@@ -293,11 +302,7 @@ impl Config {
 
     /// Whole CPUs a runner may use, for its rayon pool (at least 1).
     pub fn runner_threads(&self) -> u32 {
-        let cpus = match self.runner_cpu.strip_suffix('m') {
-            Some(milli) => milli.parse::<f64>().map(|m| m / 1000.0),
-            None => self.runner_cpu.parse::<f64>(),
-        };
-        cpus.map_or(1, |c| c.floor().max(1.0) as u32)
+        cpu_threads(&self.runner_cpu)
     }
 
     /// The runner executable for the local launcher.
@@ -310,6 +315,15 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("runner"))
         })
     }
+}
+
+/// Whole CPUs in a quantity such as `2` or `1500m`, for a rayon pool (at least 1).
+pub fn cpu_threads(quantity: &str) -> u32 {
+    let cpus = match quantity.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().map(|m| m / 1000.0),
+        None => quantity.parse::<f64>(),
+    };
+    cpus.map_or(1, |c| c.floor().max(1.0) as u32)
 }
 
 #[cfg(test)]

@@ -1,28 +1,37 @@
-//! The Kubernetes Job for one batch, built from typed k8s-openapi structs.
+//! The Kubernetes Job for one batch: the user's template ([`template`], `JOB_TEMPLATE`) with
+//! what sluice's guarantees need filled in, as typed k8s-openapi structs.
+//!
+//! sluice owns the Job's name, namespace and labels, the batch environment, `restartPolicy:
+//! Never`, `backoffLimit`, `activeDeadlineSeconds`, `ttlSecondsAfterFinished`, the pod failure
+//! policy, `suspend` (Kueue) and the restricted security context ([`security`]). Everything
+//! else comes from the template; fields it leaves unset fall back to `RUNNER_IMAGE`,
+//! `RUNNER_CPU` and `RUNNER_MEMORY`.
 //!
 //! The same object is created in a cluster by the kube launcher, run as a child process by the
 //! local launcher, and printed by `dispatcher render-job`.
 
-use crate::config::Config;
+pub mod security;
+pub mod template;
+
+use crate::config::{Config, cpu_threads};
 use k8s_openapi::api::batch::v1::{
-    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+    Job, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+    Container, EnvVar, EnvVarSource, PodSpec, ResourceRequirements, SecretKeySelector,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sluice_contract::runner_env::{RAYON_NUM_THREADS, REDIS_URL};
 use std::collections::BTreeMap;
 
+pub use security::RUNNER_UID;
+
 /// Label carrying the batch id.
 pub const BATCH_LABEL: &str = "sluice.dev/batch";
 /// Selector matching every Job the dispatcher manages.
 pub const MANAGED_SELECTOR: &str =
     "app.kubernetes.io/name=sluice,app.kubernetes.io/managed-by=sluice-dispatcher";
-/// The numeric non-root user the runner image runs as.
-pub const RUNNER_UID: i64 = 65_532;
 /// Name of the runner container.
 pub const CONTAINER: &str = "runner";
 
@@ -44,10 +53,10 @@ pub fn job_name(batch_id: &str) -> String {
     name.trim_end_matches('-').to_owned()
 }
 
-/// Builds the Job for `batch_id`.
+/// Builds the Job for `batch_id` from the configured template.
 pub fn build(config: &Config, batch_id: &str) -> Job {
-    let name = job_name(batch_id);
-    let mut labels = BTreeMap::from([
+    let template = (*config.job_template).clone();
+    let sluice_labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "sluice".to_owned()),
         (
             "app.kubernetes.io/component".to_owned(),
@@ -59,77 +68,97 @@ pub fn build(config: &Config, batch_id: &str) -> Job {
         ),
         (BATCH_LABEL.to_owned(), label_value(batch_id)),
     ]);
-    let pod_labels = labels.clone();
+    let mut labels = merged(template.metadata.labels, &sluice_labels);
     if let Some(queue) = &config.kueue_queue {
         labels.insert("kueue.x-k8s.io/queue-name".to_owned(), queue.clone());
     }
+    let mut spec = template.spec.unwrap_or_default();
+    spec.parallelism = None;
+    spec.completions = None;
+    spec.backoff_limit = Some(i32::from(config.job_backoff_limit));
+    spec.active_deadline_seconds = Some(i64::from(config.job_deadline_seconds));
+    spec.ttl_seconds_after_finished =
+        Some(i32::try_from(config.job_ttl_seconds).unwrap_or(i32::MAX));
+    spec.pod_failure_policy = Some(ignore_disruptions());
+    spec.suspend = config.kueue_queue.as_ref().map(|_| true);
+    let pod_meta = spec
+        .template
+        .metadata
+        .get_or_insert_with(ObjectMeta::default);
+    pod_meta.labels = Some(merged(pod_meta.labels.take(), &sluice_labels));
+    spec.template.spec = Some(pod_spec(
+        config,
+        batch_id,
+        spec.template.spec.take().unwrap_or_default(),
+    ));
     Job {
         metadata: ObjectMeta {
-            name: Some(name),
+            name: Some(job_name(batch_id)),
             namespace: Some(config.namespace.clone()),
             labels: Some(labels),
+            annotations: template.metadata.annotations,
             ..Default::default()
         },
-        spec: Some(JobSpec {
-            backoff_limit: Some(i32::from(config.job_backoff_limit)),
-            active_deadline_seconds: Some(i64::from(config.job_deadline_seconds)),
-            ttl_seconds_after_finished: Some(
-                i32::try_from(config.job_ttl_seconds).unwrap_or(i32::MAX),
-            ),
-            pod_failure_policy: Some(ignore_disruptions()),
-            suspend: config.kueue_queue.as_ref().map(|_| true),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    ..Default::default()
-                }),
-                spec: Some(pod_spec(config, batch_id)),
-            },
-            ..Default::default()
-        }),
+        spec: Some(spec),
         status: None,
     }
 }
 
-fn pod_spec(config: &Config, batch_id: &str) -> PodSpec {
-    PodSpec {
-        restart_policy: Some("Never".into()),
-        automount_service_account_token: Some(false),
-        enable_service_links: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUNNER_UID),
-            run_as_group: Some(RUNNER_UID),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        containers: vec![Container {
-            name: CONTAINER.into(),
-            image: Some(config.runner_image.clone()),
-            image_pull_policy: Some("IfNotPresent".into()),
-            command: Some(vec!["/usr/local/bin/runner".into()]),
-            env: Some(env(config, batch_id)),
-            resources: Some(resources(config)),
-            security_context: Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                run_as_non_root: Some(true),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".into()]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+/// The template's labels with sluice's on top (sluice's selectors must match).
+fn merged(
+    template: Option<BTreeMap<String, String>>,
+    sluice: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut labels = template.unwrap_or_default();
+    labels.extend(sluice.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels
 }
 
-fn env(config: &Config, batch_id: &str) -> Vec<EnvVar> {
+fn pod_spec(config: &Config, batch_id: &str, mut pod: PodSpec) -> PodSpec {
+    pod.restart_policy = Some("Never".into());
+    pod.automount_service_account_token.get_or_insert(false);
+    pod.enable_service_links.get_or_insert(false);
+    pod.security_context = Some(security::pod(pod.security_context.take()));
+    if pod.containers.is_empty() {
+        pod.containers.push(Container::default());
+    }
+    for init in pod.init_containers.iter_mut().flatten() {
+        init.security_context = Some(security::container(init.security_context.take()));
+    }
+    let runner = &mut pod.containers[0];
+    if runner.name.is_empty() {
+        CONTAINER.clone_into(&mut runner.name);
+    }
+    runner
+        .image
+        .get_or_insert_with(|| config.runner_image.clone());
+    runner
+        .image_pull_policy
+        .get_or_insert_with(|| "IfNotPresent".into());
+    runner
+        .command
+        .get_or_insert_with(|| vec!["/usr/local/bin/runner".into()]);
+    let resources = runner.resources.get_or_insert_with(|| resources(config));
+    let threads =
+        cpu_limit(resources).map_or_else(|| config.runner_threads(), |cpu| cpu_threads(&cpu));
+    let ours = env(config, batch_id, threads);
+    // The template's own variables stay, unless sluice sets the same name.
+    let mut vars: Vec<EnvVar> = runner.env.take().unwrap_or_default();
+    vars.retain(|v| !ours.iter().any(|o| o.name == v.name));
+    vars.extend(ours);
+    runner.env = Some(vars);
+    runner.security_context = Some(security::container(runner.security_context.take()));
+    pod
+}
+
+fn cpu_limit(resources: &ResourceRequirements) -> Option<String> {
+    let cpu = |amounts: &Option<BTreeMap<String, Quantity>>| {
+        amounts.as_ref()?.get("cpu").map(|q| q.0.clone())
+    };
+    cpu(&resources.limits).or_else(|| cpu(&resources.requests))
+}
+
+fn env(config: &Config, batch_id: &str, threads: u32) -> Vec<EnvVar> {
     let plain = |name: &str, value: String| EnvVar {
         name: name.into(),
         value: Some(value),
@@ -141,10 +170,7 @@ fn env(config: &Config, batch_id: &str) -> Vec<EnvVar> {
         .into_iter()
         .map(|(name, value)| plain(name, value))
         .collect();
-    vars.push(plain(
-        RAYON_NUM_THREADS,
-        config.runner_threads().to_string(),
-    ));
+    vars.push(plain(RAYON_NUM_THREADS, threads.to_string()));
     vars.push(plain("RUST_LOG", config.runner_log.clone()));
     vars.push(EnvVar {
         name: REDIS_URL.into(),
@@ -303,5 +329,75 @@ mod tests {
             "team-a"
         );
         assert_eq!(job.spec.unwrap().suspend, Some(true));
+    }
+
+    #[test]
+    fn a_users_template_is_kept_and_sluice_fills_in_what_it_owns() {
+        let mut config = config(&[("RUNNER_IMAGE", "sluice:ignored")]);
+        config.job_template = serde_yaml_ng::from_str(
+            r"
+metadata: {labels: {team: a, app.kubernetes.io/name: theirs}, annotations: {owner: a}}
+spec:
+  backoffLimit: 99
+  template:
+    metadata: {annotations: {sidecar.istio.io/inject: 'false'}}
+    spec:
+      nodeSelector: {pool: cpu}
+      priorityClassName: batch-low
+      containers:
+        - name: work
+          image: registry.example/my-runner:1.2
+          command: [/app/runner]
+          env: [{name: MODEL, value: small}, {name: BATCH_ID, value: spoofed}]
+          resources: {limits: {cpu: '3', memory: 1Gi}}
+",
+        )
+        .unwrap();
+        let job = build(&config, "b-7");
+        let labels = job.metadata.labels.as_ref().unwrap();
+        assert_eq!(
+            (
+                labels["team"].as_str(),
+                labels["app.kubernetes.io/name"].as_str()
+            ),
+            ("a", "sluice")
+        );
+        assert_eq!(job.metadata.annotations.as_ref().unwrap()["owner"], "a");
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.backoff_limit, Some(2), "sluice owns retries");
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("batch-low"));
+        assert_eq!(pod.node_selector.unwrap()["pool"], "cpu");
+        let runner = &pod.containers[0];
+        assert_eq!(runner.name, "work");
+        assert_eq!(
+            runner.image.as_deref(),
+            Some("registry.example/my-runner:1.2")
+        );
+        assert_eq!(runner.command, Some(vec!["/app/runner".to_owned()]));
+        let env = runner.env.as_ref().unwrap();
+        let get = |name: &str| {
+            env.iter()
+                .find(|v| v.name == name)
+                .and_then(|v| v.value.clone())
+        };
+        assert_eq!(get("MODEL").as_deref(), Some("small"));
+        assert_eq!(
+            get("BATCH_ID").as_deref(),
+            Some("b-7"),
+            "sluice's batch environment wins"
+        );
+        assert_eq!(env.iter().filter(|v| v.name == "BATCH_ID").count(), 1);
+        assert_eq!(
+            get("RAYON_NUM_THREADS").as_deref(),
+            Some("3"),
+            "threads follow the template's CPU"
+        );
+        let sc = runner.security_context.as_ref().unwrap();
+        assert_eq!(
+            (sc.allow_privilege_escalation, sc.run_as_non_root),
+            (Some(false), Some(true))
+        );
     }
 }
