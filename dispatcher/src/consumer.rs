@@ -60,7 +60,7 @@ impl Weighed for Pending {
 impl Consumer {
     /// Connects, declares the queue, sets the prefetch and starts consuming.
     pub async fn start(config: &Config) -> Result<(Self, lapin::Consumer)> {
-        let connection = connect(&config.amqp_url, "sluice-dispatcher").await?;
+        let connection = connect(&config.broker.amqp_url, "sluice-dispatcher").await?;
         let channel = connection
             .create_channel()
             .await
@@ -69,10 +69,10 @@ impl Consumer {
             .basic_qos(config.prefetch(), BasicQosOptions::default())
             .await
             .map_err(Error::amqp("setting the prefetch"))?;
-        declare_queue(&channel, &config.queue).await?;
+        declare_queue(&channel, &config.broker.queue).await?;
         let stream = channel
             .basic_consume(
-                config.queue.as_str().into(),
+                config.broker.queue.as_str().into(),
                 "sluice-dispatcher".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),

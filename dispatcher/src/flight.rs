@@ -46,7 +46,7 @@ impl Flight {
         sizer: Arc<Sizer>,
         abandon: CancellationToken,
     ) -> Self {
-        let slots = Arc::new(Semaphore::new(config.max_jobs_in_flight));
+        let slots = Arc::new(Semaphore::new(config.batching.max_jobs_in_flight));
         let inner = Inner {
             config,
             stager,
@@ -117,8 +117,8 @@ impl Flight {
         };
         inner.metrics.batch_ended(label);
         let settings = DeadLetterSettings {
-            ttl_seconds: inner.config.result_ttl_seconds,
-            stream_maxlen: inner.config.results_maxlen,
+            ttl_seconds: inner.config.redis.result_ttl_seconds,
+            stream_maxlen: inner.config.redis.results_maxlen,
         };
         let recorded = match settle(&inner.stager, &batch_id, &outcome, settings).await {
             Ok(settled) => self.after_settle(&batch_id, settled, permit, lasted).await,
@@ -196,6 +196,6 @@ impl Flight {
     }
 
     fn running(&self) -> usize {
-        self.inner.config.max_jobs_in_flight - self.inner.slots.available_permits()
+        self.inner.config.batching.max_jobs_in_flight - self.inner.slots.available_permits()
     }
 }

@@ -104,8 +104,11 @@ async fn run() -> anyhow::Result<()> {
                     }
                 }
             };
-            let published = publish(&config.amqp_url, &config.queue, source).await?;
-            println!("published {published} message(s) to queue {}", config.queue);
+            let published = publish(&config.broker.amqp_url, &config.broker.queue, source).await?;
+            println!(
+                "published {published} message(s) to queue {}",
+                config.broker.queue
+            );
             Ok(())
         }
         Command::Status => {
@@ -125,10 +128,10 @@ async fn run() -> anyhow::Result<()> {
 async fn run_server(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();
     let metrics = Arc::new(metrics::Metrics::new());
-    let server = if config.metrics_addr.is_empty() {
+    let server = if config.service.metrics_addr.is_empty() {
         None
     } else {
-        let listener = metrics::bind(&config.metrics_addr).await?;
+        let listener = metrics::bind(&config.service.metrics_addr).await?;
         Some(tokio::spawn(metrics::serve(
             listener,
             Arc::clone(&metrics),

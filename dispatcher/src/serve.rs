@@ -61,18 +61,18 @@ pub async fn run(
     let abandon = CancellationToken::new();
     let launcher =
         launcher::from_config(&config, abandon.clone(), Arc::clone(metrics.health())).await?;
-    let keys = Keys::new(&config.key_prefix);
+    let keys = Keys::new(&config.redis.key_prefix);
     let stager = tokio::select! {
         () = shutdown.cancelled() => return Ok(Summary::default()),
-        stager = Stager::connect(&config.redis_url, keys, config.result_ttl_seconds) => stager?,
+        stager = Stager::connect(&config.redis.redis_url, keys, config.redis.result_ttl_seconds) => stager?,
     };
-    tracing::info!(launcher = launcher.kind(), queue = %config.queue, "dispatcher starting");
+    tracing::info!(launcher = launcher.kind(), queue = %config.broker.queue, "dispatcher starting");
     let config = Arc::new(config);
     let sizer = Arc::new(Sizer::new(
-        config.batch_mode,
-        usize::from(config.batch_max_messages),
-        Duration::from_secs_f64(config.target_job_seconds),
-        config.max_jobs_in_flight,
+        config.batching.batch_mode,
+        usize::from(config.batching.batch_max_messages),
+        Duration::from_secs_f64(config.batching.target_job_seconds),
+        config.batching.max_jobs_in_flight,
         config.job_startup_prior(),
     ));
     let flight = Flight::new(
@@ -83,7 +83,7 @@ pub async fn run(
         Arc::clone(&sizer),
         abandon,
     );
-    let failpoint = Failpoint::parse(config.sluice_failpoint.as_deref());
+    let failpoint = Failpoint::parse(config.service.sluice_failpoint.as_deref());
     let dispatcher = Dispatcher {
         config,
         sizer,
@@ -97,7 +97,7 @@ pub async fn run(
         ..Summary::default()
     };
     summary.launched += dispatcher.consume(&shutdown).await;
-    let grace = Duration::from_secs(dispatcher.config.shutdown_grace_seconds);
+    let grace = Duration::from_secs(dispatcher.config.service.shutdown_grace_seconds);
     summary.abandoned = dispatcher.flight.drain(grace).await;
     tracing::info!(?summary, "dispatcher stopped");
     Ok(summary)
@@ -186,18 +186,18 @@ impl Dispatcher {
         shutdown: &CancellationToken,
         launched: &mut u64,
     ) -> Result<()> {
-        let max_bytes = self.config.max_message_bytes;
+        let max_bytes = self.config.broker.max_message_bytes;
         let limits = Limits {
-            max_messages: usize::from(self.config.batch_max_messages),
-            max_bytes: self.config.batch_max_bytes,
+            max_messages: usize::from(self.config.batching.batch_max_messages),
+            max_bytes: self.config.batching.batch_max_bytes,
             linger: self.config.linger(),
         };
         let mut batcher = Batcher::new(limits);
         let mut deliveries = Backlog::new(stream.map(|d| d.map(|d| Pending::new(d, max_bytes))));
         let result = loop {
-            if batcher.is_empty() && self.config.batch_mode == BatchMode::Adaptive {
+            if batcher.is_empty() && self.config.batching.batch_mode == BatchMode::Adaptive {
                 // The backlog: what the broker still holds plus what it already pushed to us.
-                match consumer.depth(&self.config.queue).await {
+                match consumer.depth(&self.config.broker.queue).await {
                     Ok(ready) => {
                         let depth = ready as usize + deliveries.fill();
                         batcher.set_max_messages(self.sizer.size(depth));

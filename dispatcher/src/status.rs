@@ -33,19 +33,19 @@ impl Report {
 
 /// Reads the report from RabbitMQ and Redis.
 pub async fn report(config: &Config) -> Result<Report> {
-    let connection = connect(&config.amqp_url, "sluice-status").await?;
+    let connection = connect(&config.broker.amqp_url, "sluice-status").await?;
     let channel = connection
         .create_channel()
         .await
         .map_err(Error::amqp("opening a channel"))?;
-    let queue_depth = inspect_queue(&channel, &config.queue)
+    let queue_depth = inspect_queue(&channel, &config.broker.queue)
         .await
         .ok()
         .map(|q| (q.message_count(), q.consumer_count()));
     let _ = connection.close(200, "status read".into()).await;
 
-    let keys = Keys::new(&config.key_prefix);
-    let client = redis::Client::open(config.redis_url.as_str())
+    let keys = Keys::new(&config.redis.key_prefix);
+    let client = redis::Client::open(config.redis.redis_url.as_str())
         .map_err(Error::redis("parsing REDIS_URL"))?;
     let mut con = client
         .get_multiplexed_async_connection()
@@ -72,7 +72,7 @@ pub async fn report(config: &Config) -> Result<Report> {
         .await
         .map_err(Error::redis("reading stats"))?;
     Ok(Report {
-        queue: config.queue.clone(),
+        queue: config.broker.queue.clone(),
         queue_depth,
         open_batches,
         stats,

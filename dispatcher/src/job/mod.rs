@@ -55,7 +55,7 @@ pub fn job_name(batch_id: &str) -> String {
 
 /// Builds the Job for `batch_id` from the configured template.
 pub fn build(config: &Config, batch_id: &str) -> Job {
-    let template = (*config.job_template).clone();
+    let template = (*config.job.job_template).clone();
     let sluice_labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "sluice".to_owned()),
         (
@@ -69,18 +69,18 @@ pub fn build(config: &Config, batch_id: &str) -> Job {
         (BATCH_LABEL.to_owned(), label_value(batch_id)),
     ]);
     let mut labels = merged(template.metadata.labels, &sluice_labels);
-    if let Some(queue) = &config.kueue_queue {
+    if let Some(queue) = &config.job.kueue_queue {
         labels.insert("kueue.x-k8s.io/queue-name".to_owned(), queue.clone());
     }
     let mut spec = template.spec.unwrap_or_default();
     spec.parallelism = None;
     spec.completions = None;
-    spec.backoff_limit = Some(i32::from(config.job_backoff_limit));
-    spec.active_deadline_seconds = Some(i64::from(config.job_deadline_seconds));
+    spec.backoff_limit = Some(i32::from(config.job.job_backoff_limit));
+    spec.active_deadline_seconds = Some(i64::from(config.job.job_deadline_seconds));
     spec.ttl_seconds_after_finished =
-        Some(i32::try_from(config.job_ttl_seconds).unwrap_or(i32::MAX));
+        Some(i32::try_from(config.job.job_ttl_seconds).unwrap_or(i32::MAX));
     spec.pod_failure_policy = Some(ignore_disruptions());
-    spec.suspend = config.kueue_queue.as_ref().map(|_| true);
+    spec.suspend = config.job.kueue_queue.as_ref().map(|_| true);
     let pod_meta = spec
         .template
         .metadata
@@ -94,7 +94,7 @@ pub fn build(config: &Config, batch_id: &str) -> Job {
     Job {
         metadata: ObjectMeta {
             name: Some(job_name(batch_id)),
-            namespace: Some(config.namespace.clone()),
+            namespace: Some(config.job.namespace.clone()),
             labels: Some(labels),
             annotations: template.metadata.annotations,
             ..Default::default()
@@ -131,7 +131,7 @@ fn pod_spec(config: &Config, batch_id: &str, mut pod: PodSpec) -> PodSpec {
     }
     runner
         .image
-        .get_or_insert_with(|| config.runner_image.clone());
+        .get_or_insert_with(|| config.job.runner_image.clone());
     runner
         .image_pull_policy
         .get_or_insert_with(|| "IfNotPresent".into());
@@ -171,14 +171,14 @@ fn env(config: &Config, batch_id: &str, threads: u32) -> Vec<EnvVar> {
         .map(|(name, value)| plain(name, value))
         .collect();
     vars.push(plain(RAYON_NUM_THREADS, threads.to_string()));
-    vars.push(plain("RUST_LOG", config.runner_log.clone()));
+    vars.push(plain("RUST_LOG", config.job.runner_log.clone()));
     vars.push(EnvVar {
         name: REDIS_URL.into(),
         value: None,
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
-                name: config.redis_secret_name.clone(),
-                key: config.redis_secret_key.clone(),
+                name: config.redis.redis_secret_name.clone(),
+                key: config.redis.redis_secret_key.clone(),
                 optional: Some(false),
             }),
             ..Default::default()
@@ -189,8 +189,11 @@ fn env(config: &Config, batch_id: &str, threads: u32) -> Vec<EnvVar> {
 
 fn resources(config: &Config) -> ResourceRequirements {
     let amounts = BTreeMap::from([
-        ("cpu".to_owned(), Quantity(config.runner_cpu.clone())),
-        ("memory".to_owned(), Quantity(config.runner_memory.clone())),
+        ("cpu".to_owned(), Quantity(config.job.runner_cpu.clone())),
+        (
+            "memory".to_owned(),
+            Quantity(config.job.runner_memory.clone()),
+        ),
     ]);
     ResourceRequirements {
         requests: Some(amounts.clone()),
@@ -334,7 +337,7 @@ mod tests {
     #[test]
     fn a_users_template_is_kept_and_sluice_fills_in_what_it_owns() {
         let mut config = config(&[("RUNNER_IMAGE", "sluice:ignored")]);
-        config.job_template = serde_yaml_ng::from_str(
+        config.job.job_template = serde_yaml_ng::from_str(
             r"
 metadata: {labels: {team: a, app.kubernetes.io/name: theirs}, annotations: {owner: a}}
 spec:

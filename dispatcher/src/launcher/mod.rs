@@ -26,7 +26,7 @@ pub async fn from_config(
     abandon: CancellationToken,
     health: Arc<Health>,
 ) -> Result<Box<dyn Launcher>> {
-    match config.launcher {
+    match config.service.launcher {
         LauncherKind::Local => Ok(Box::new(local_from_config(config, abandon)?)),
         LauncherKind::Kube => Ok(Box::new(
             kube::KubeLauncher::connect(config, abandon, health).await?,
@@ -36,11 +36,12 @@ pub async fn from_config(
 
 fn local_from_config(config: &Config, abandon: CancellationToken) -> Result<local::LocalLauncher> {
     let secret = (
-        config.redis_secret_name.clone(),
-        config.redis_secret_key.clone(),
+        config.redis.redis_secret_name.clone(),
+        config.redis.redis_secret_key.clone(),
     );
-    let secrets = BTreeMap::from([(secret, config.redis_url.clone())]);
+    let secrets = BTreeMap::from([(secret, config.redis.redis_url.clone())]);
     let pass_through = config
+        .local
         .sluice_test_kernels
         .iter()
         .map(|v| {
@@ -50,6 +51,6 @@ fn local_from_config(config: &Config, abandon: CancellationToken) -> Result<loca
             )
         })
         .collect();
-    let delay = Duration::from_millis(config.startup_delay_ms);
+    let delay = Duration::from_millis(config.local.startup_delay_ms);
     local::LocalLauncher::new(&config.runner_bin(), secrets, pass_through, delay, abandon)
 }

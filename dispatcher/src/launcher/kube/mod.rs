@@ -48,7 +48,7 @@ impl KubeLauncher {
         abandon: CancellationToken,
         health: Arc<Health>,
     ) -> Result<Self> {
-        let client = match &config.kubeconfig {
+        let client = match &config.job.kubeconfig {
             Some(path) => {
                 let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
                     Error::InvalidConfig(format!("KUBECONFIG {}: {e}", path.display()))
@@ -75,9 +75,9 @@ impl KubeLauncher {
         abandon: CancellationToken,
         health: Arc<Health>,
     ) -> Self {
-        let api: Api<Job> = Api::namespaced(client, &config.namespace);
+        let api: Api<Job> = Api::namespaced(client, &config.job.namespace);
         let writer = Writer::default();
-        let tracker = Arc::new(JobTracker::new(writer.as_reader(), &config.namespace));
+        let tracker = Arc::new(JobTracker::new(writer.as_reader(), &config.job.namespace));
         let stop_watch = CancellationToken::new();
         // Owned through `stop_watch`: the supervisor restarts the watch until it is cancelled.
         tokio::spawn(watch::supervise(
@@ -91,7 +91,7 @@ impl KubeLauncher {
             api,
             tracker,
             pacing: Mutex::new(Instant::now()),
-            interval: Duration::from_secs_f64(1.0 / config.kube_api_qps.max(0.1)),
+            interval: Duration::from_secs_f64(1.0 / config.job.kube_api_qps.max(0.1)),
             abandon,
             stop_watch,
         }

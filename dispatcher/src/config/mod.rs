@@ -1,0 +1,266 @@
+//! The dispatcher's configuration: environment variables read with envy, each with a
+//! documented default (see README.md), validated at start-up.
+//!
+//! Grouped by concern, each group documented where it is defined:
+//! - [`broker`]: RabbitMQ, the queue, the largest staged body;
+//! - [`redis`]: Redis, keys, result expiry, the runners' Redis Secret;
+//! - [`batching`]: batch size, bytes, linger, the in-flight cap;
+//! - [`job`]: the Job (template, image, resources, retries, deadline, TTL) and the API server;
+//! - [`local`]: the local launcher;
+//!
+//! and, here, what the service itself needs: which launcher, the metrics address, the shutdown
+//! grace and the test failpoint.
+
+pub mod batching;
+pub mod broker;
+pub mod job;
+pub mod local;
+pub mod redis;
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use sluice_contract::RunnerEnv;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use batching::Batching;
+pub use broker::Broker;
+pub use job::JobSettings;
+pub use local::LocalSettings;
+pub use redis::Redis;
+
+/// Which launcher turns a batch's Job into running work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LauncherKind {
+    /// Child processes of `RUNNER_BIN` on this machine.
+    Local,
+    /// Kubernetes Jobs through the API server.
+    Kube,
+}
+
+/// Everything `dispatcher serve` and its subcommands read from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// RabbitMQ.
+    pub broker: Broker,
+    /// Redis.
+    pub redis: Redis,
+    /// Batching and concurrency.
+    pub batching: Batching,
+    /// The Job.
+    pub job: JobSettings,
+    /// The local launcher.
+    pub local: LocalSettings,
+    /// The service itself.
+    pub service: Service,
+}
+
+/// What the dispatcher process itself needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Service {
+    /// `local` or `kube`; default `kube` inside a cluster, `local` elsewhere.
+    #[serde(default = "d::launcher")]
+    pub launcher: LauncherKind,
+    /// Address of the `/metrics`, `/healthz`, `/readyz` server; empty disables it.
+    #[serde(default = "d::metrics_addr")]
+    pub metrics_addr: String,
+    /// On SIGTERM, how long running Jobs may take to finish before the dispatcher exits.
+    #[serde(default = "d::shutdown_grace_seconds")]
+    pub shutdown_grace_seconds: u64,
+    /// Tests only: `POINT@N` crashes the dispatcher at a dangerous point (see `failpoint`).
+    #[serde(default)]
+    pub sluice_failpoint: Option<String>,
+}
+
+/// Defaults, one function per variable (serde's `default = "…"` needs a path).
+mod d {
+    use super::LauncherKind;
+    pub fn launcher() -> LauncherKind {
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+            LauncherKind::Kube
+        } else {
+            LauncherKind::Local
+        }
+    }
+    pub fn metrics_addr() -> String {
+        "0.0.0.0:9090".into()
+    }
+    pub fn shutdown_grace_seconds() -> u64 {
+        30
+    }
+}
+
+impl Config {
+    /// Reads and validates the process environment.
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads and validates the given variables; each group reads the variables it knows.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let read = || vars.iter().cloned();
+        let mut config = Self {
+            broker: envy::from_iter(read()).map_err(Error::Config)?,
+            redis: envy::from_iter(read()).map_err(Error::Config)?,
+            batching: envy::from_iter(read()).map_err(Error::Config)?,
+            job: envy::from_iter(read()).map_err(Error::Config)?,
+            local: envy::from_iter(read()).map_err(Error::Config)?,
+            service: envy::from_iter(read()).map_err(Error::Config)?,
+        };
+        config.validate()?;
+        if let Some(path) = &config.job.job_template_path {
+            config.job.job_template = Box::new(crate::job::template::load(path)?);
+        }
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let (batching, job) = (&self.batching, &self.job);
+        let problem = if batching.batch_max_messages == 0 {
+            "BATCH_MAX_MESSAGES must be at least 1"
+        } else if batching.batch_max_bytes == 0 {
+            "BATCH_MAX_BYTES must be at least 1"
+        } else if !batching.target_job_seconds.is_finite() || batching.target_job_seconds <= 0.0 {
+            "TARGET_JOB_SECONDS must be a positive number of seconds"
+        } else if batching.max_jobs_in_flight == 0 {
+            "MAX_JOBS_IN_FLIGHT must be at least 1"
+        } else if self.broker.queue.is_empty() || self.redis.key_prefix.is_empty() {
+            "QUEUE and KEY_PREFIX must not be empty"
+        } else if job.runner_cpu.parse::<f64>().is_err() && !job.runner_cpu.ends_with('m') {
+            "RUNNER_CPU must be a CPU quantity such as 1, 2 or 500m"
+        } else {
+            return Ok(());
+        };
+        Err(Error::InvalidConfig(problem.into()))
+    }
+
+    /// The launcher `LAUNCHER` names.
+    pub fn launcher(&self) -> LauncherKind {
+        self.service.launcher
+    }
+
+    /// The start-up a Job is expected to take before any has reported.
+    pub fn job_startup_prior(&self) -> Duration {
+        let seconds = self
+            .batching
+            .job_startup_seconds
+            .unwrap_or(match self.launcher() {
+                LauncherKind::Local => self.local.startup_delay_ms as f64 / 1000.0,
+                LauncherKind::Kube => 1.5,
+            });
+        Duration::from_secs_f64(seconds.max(0.0))
+    }
+
+    /// How long a batch may wait for more messages.
+    pub fn linger(&self) -> Duration {
+        Duration::from_millis(self.batching.batch_linger_ms)
+    }
+
+    /// The channel prefetch: one batch being filled while the previous one is staged.
+    pub fn prefetch(&self) -> u16 {
+        self.batching.batch_max_messages.saturating_mul(2)
+    }
+
+    /// Whether local runners get the test kernels.
+    pub fn test_kernels(&self) -> bool {
+        matches!(
+            self.local.sluice_test_kernels.as_deref(),
+            Some("1" | "true")
+        )
+    }
+
+    /// The contract variables every runner of `batch_id` gets.
+    pub fn runner_env(&self, batch_id: &str) -> RunnerEnv {
+        RunnerEnv {
+            batch_id: batch_id.to_owned(),
+            key_prefix: self.redis.key_prefix.clone(),
+            result_ttl_seconds: self.redis.result_ttl_seconds,
+            max_message_bytes: self.broker.max_message_bytes,
+            default_kernel: self.job.default_kernel.clone(),
+            results_maxlen: self.redis.results_maxlen,
+        }
+    }
+
+    /// Whole CPUs a runner may use, for its rayon pool (at least 1).
+    pub fn runner_threads(&self) -> u32 {
+        cpu_threads(&self.job.runner_cpu)
+    }
+
+    /// The runner executable for the local launcher.
+    pub fn runner_bin(&self) -> PathBuf {
+        self.local.runner_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|dir| dir.join("runner")))
+                .filter(|path| path.exists())
+                .unwrap_or_else(|| PathBuf::from("runner"))
+        })
+    }
+}
+
+/// Whole CPUs in a quantity such as `2` or `1500m`, for a rayon pool (at least 1).
+pub fn cpu_threads(quantity: &str) -> u32 {
+    let cpus = match quantity.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().map(|m| m / 1000.0),
+        None => quantity.parse::<f64>(),
+    };
+    cpus.map_or(1, |c| c.floor().max(1.0) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config> {
+        Config::from_vars(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+    }
+
+    #[test]
+    fn defaults_match_the_readme() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.broker.queue, "jobs");
+        assert_eq!(
+            (
+                c.batching.batch_max_messages,
+                c.batching.batch_linger_ms,
+                c.batching.max_jobs_in_flight
+            ),
+            (500, 200, 4)
+        );
+        assert_eq!(c.prefetch(), 1000);
+        assert_eq!(c.batching.batch_mode, crate::sizer::BatchMode::Adaptive);
+        assert!((c.batching.target_job_seconds - 5.0).abs() < f64::EPSILON);
+        assert_eq!(c.runner_threads(), 1);
+    }
+
+    #[test]
+    fn zero_limits_and_bad_quantities_are_rejected() {
+        assert!(config(&[("BATCH_MAX_MESSAGES", "0")]).is_err());
+        assert!(config(&[("BATCH_MODE", "sometimes")]).is_err());
+        assert!(config(&[("TARGET_JOB_SECONDS", "0")]).is_err());
+        assert!(config(&[("MAX_JOBS_IN_FLIGHT", "0")]).is_err());
+        assert!(config(&[("RUNNER_CPU", "lots")]).is_err());
+        assert!(config(&[("LAUNCHER", "docker")]).is_err());
+        assert!(config(&[("BATCH_MODE", "sometimes")]).is_err());
+        assert!(config(&[("TARGET_JOB_SECONDS", "0")]).is_err());
+    }
+
+    #[test]
+    fn runner_threads_follow_the_cpu_limit() {
+        assert_eq!(config(&[("RUNNER_CPU", "2")]).unwrap().runner_threads(), 2);
+        assert_eq!(
+            config(&[("RUNNER_CPU", "2500m")]).unwrap().runner_threads(),
+            2
+        );
+        assert_eq!(
+            config(&[("RUNNER_CPU", "500m")]).unwrap().runner_threads(),
+            1
+        );
+    }
+}
