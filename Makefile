@@ -61,6 +61,7 @@ demo-kind: services-down kind-up release
 ## Formatting, lints, dependency policy, manifest and image validation, then every test against
 ## real services, ending with the reliability figures and one summary line.
 test: setup services validate deny
+	scripts/module-cycles.py contract/src dispatcher/src runner/src
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins

@@ -5,7 +5,8 @@
 //! - [`broker`]: RabbitMQ, the queue, the largest staged body;
 //! - [`redis`]: Redis, keys, result expiry, the runners' Redis Secret;
 //! - [`batching`]: batch size, bytes, linger, the in-flight cap;
-//! - [`job`]: the Job (template, image, resources, retries, deadline, TTL) and the API server;
+//! - [`job`]: the Job (template, image, resources, retries, deadline, TTL) and the API server,
+//!   with [`job_template`] reading and checking the template users own;
 //! - [`local`]: the local launcher;
 //!
 //! and, here, what the service itself needs: which launcher, the metrics address, the shutdown
@@ -14,6 +15,7 @@
 pub mod batching;
 pub mod broker;
 pub mod job;
+pub mod job_template;
 pub mod local;
 pub mod redis;
 
@@ -111,7 +113,7 @@ impl Config {
         };
         config.validate()?;
         if let Some(path) = &config.job.job_template_path {
-            config.job.job_template = Box::new(crate::job::template::load(path)?);
+            config.job.job_template = Box::new(job_template::load(path)?);
         }
         Ok(config)
     }

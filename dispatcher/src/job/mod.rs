@@ -1,4 +1,5 @@
-//! The Kubernetes Job for one batch: the user's template ([`template`], `JOB_TEMPLATE`) with
+//! The Kubernetes Job for one batch: the user's template (`JOB_TEMPLATE`, read and checked by
+//! [`job_template`](crate::config::job_template)) with
 //! what sluice's guarantees need filled in, as typed k8s-openapi structs.
 //!
 //! sluice owns the Job's name, namespace and labels, the batch environment, `restartPolicy:
@@ -11,7 +12,6 @@
 //! local launcher, and printed by `dispatcher render-job`.
 
 pub mod security;
-pub mod template;
 
 use crate::config::{Config, cpu_threads};
 use k8s_openapi::api::batch::v1::{

@@ -2,7 +2,7 @@
 //!
 //! Settings the template left unset get sluice's restricted values; settings it made stricter
 //! (a Localhost seccomp profile, another non-root user) are kept. Settings that would weaken
-//! "restricted" never reach here: [`template::check`](super::template::check) refuses them.
+//! "restricted" never reach here: [`job_template::check`](crate::config::job_template::check) refuses them.
 
 use k8s_openapi::api::core::v1::{
     Capabilities, PodSecurityContext, SeccompProfile, SecurityContext,

@@ -1,7 +1,7 @@
 //! The Job template users own: a YAML `batch/v1` Job (the shape `dispatcher render-job`
 //! prints), named by `JOB_TEMPLATE`. It may hold anything a runner pod needs (image, pull
 //! policy, resources, node selection, tolerations, affinity, volumes, env and envFrom,
-//! imagePullSecrets, priority class, annotations, init containers); [`build`](super::build)
+//! imagePullSecrets, priority class, annotations, init containers); [`build`](crate::job::build)
 //! fills in only what sluice's guarantees need.
 //!
 //! A template that would break a guarantee is refused at start-up with one line naming the
