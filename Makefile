@@ -12,7 +12,7 @@ KERNEL ?= modsum
 INPUT ?=
 
 .PHONY: all build release demo demo-local demo-kind test bench setup services services-down tools \
-        validate deny fmt lint kind-up publish results kind-down clean
+        validate image-check deny fmt lint kind-up publish results kind-down clean
 
 all: build
 
@@ -58,9 +58,10 @@ demo-kind: services-down kind-up release
 	@scripts/kind.sh check 200
 	@scripts/kind.sh results
 
-## Formatting, lints, dependency policy, manifest and image validation, then every test against
-## real services, ending with the reliability figures and one summary line.
-test: setup services validate deny
+## Formatting, lints, dependency policy, manifest and image validation, the image's build stage
+## replayed, module cycles, then every test against real services, ending with the reliability
+## figures and one summary line.
+test: setup services validate image-check deny
 	scripts/module-cycles.py contract/src dispatcher/src runner/src
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -69,6 +70,12 @@ test: setup services validate deny
 	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; \
 	  status=$$?; echo; scripts/reliability-table.sh target/reliability.tsv || status=1; \
 	  scripts/test-summary.sh target/test.log; exit $$status
+
+## The image's build stage without Docker: its context as .dockerignore leaves it, both cargo
+## builds, and a runner without test kernels (scripts/image-check.sh; README, Testing).
+image-check:
+	@scripts/setup.sh rust
+	scripts/image-check.sh
 
 ## Licenses, banned crates and sources (deny.toml); advisories too when the RustSec database
 ## can be fetched or is already on disk, else one line says they were not checked.

@@ -12,7 +12,8 @@ pub struct Config {
     pub env: RunnerEnv,
     /// `REDIS_URL`; default `redis://127.0.0.1:6379/`.
     pub redis_url: String,
-    /// `SLUICE_TEST_KERNELS=1` enables `crash`, `panic` and `sleep`.
+    /// `SLUICE_TEST_KERNELS=1` enables `crash`, `panic` and `sleep` in a runner built with the
+    /// `test-kernels` feature; without it the variable has no effect.
     pub test_kernels: bool,
     /// `RESULT_CHUNK`: results written per Redis round trip (default 256).
     pub result_chunk: usize,

@@ -1,8 +1,9 @@
 //! Running tasks: each message on the rayon pool, panics caught per message.
 
 use crate::batch::Task;
-use crate::kernel;
+use crate::kernel::{self, KernelError};
 use rayon::prelude::*;
+use serde_json::Value;
 use sluice_contract::record::unix_millis;
 use sluice_contract::{ResultRecord, Status};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -22,14 +23,24 @@ pub fn run_all(tasks: Vec<Task>, batch: &str, test_kernels: bool, results: &Send
 
 /// Runs one task into its result record. Never panics.
 pub fn run_one(task: Task, batch: &str, test_kernels: bool) -> ResultRecord {
+    run_with(task, batch, |name, input| {
+        kernel::run(name, input, test_kernels)
+    })
+}
+
+/// [`run_one`] with the kernels passed in, so a test can panic in any build (the `panic` kernel
+/// exists only with the `test-kernels` feature).
+fn run_with(
+    task: Task,
+    batch: &str,
+    kernels: impl Fn(&str, Value) -> Result<Value, KernelError>,
+) -> ResultRecord {
     let started = Instant::now();
     let outcome = match task.work {
         Err(reason) => Err(reason),
         Ok(input) => {
             let kernel_name = task.kernel.as_str();
-            match catch_unwind(AssertUnwindSafe(|| {
-                kernel::run(kernel_name, input, test_kernels)
-            })) {
+            match catch_unwind(AssertUnwindSafe(|| kernels(kernel_name, input))) {
                 Ok(Ok(output)) => Ok(output.to_string()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(panic) => Err(format!(
@@ -81,11 +92,35 @@ mod tests {
         assert_eq!((r.status, r.detail.as_str()), (Status::Ok, r#"{"a":[1]}"#));
     }
 
+    #[cfg(feature = "test-kernels")]
     #[test]
     fn a_kernel_panic_is_an_error_result() {
         let r = run_one(task("panic", json!(null)), "b", true);
         assert_eq!(r.status, Status::Error);
         assert!(r.detail.contains("panicked on purpose"), "{}", r.detail);
+    }
+
+    #[test]
+    fn any_kernel_panic_is_caught_into_an_error_result() {
+        let r = run_with(task("boom", json!(null)), "b", |_, _| {
+            panic!("boom on purpose")
+        });
+        assert_eq!(
+            (r.status, r.detail.as_str()),
+            (Status::Error, "kernel boom panicked: boom on purpose")
+        );
+    }
+
+    #[cfg(not(feature = "test-kernels"))]
+    #[test]
+    fn without_the_feature_the_panic_kernel_is_unknown() {
+        let r = run_one(task("panic", json!(null)), "b", true);
+        assert_eq!(r.status, Status::Error);
+        assert!(
+            r.detail.starts_with("unknown kernel \"panic\""),
+            "{}",
+            r.detail
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! - [`store`]: the Redis connection, with reconnects and backoff.
 //! - [`batch`]: loading the staged batch and planning one task per distinct message id.
 //! - [`execute`]: running tasks on the rayon pool, panics caught per message.
-//! - [`kernel`]: `modsum`, `pow`, `primes`, `echo` and the test kernels.
+//! - [`kernel`]: `modsum`, `pow`, `primes`, `echo` and the test kernels (`test-kernels` feature).
 //! - [`sink`]: writing results in pipelined chunks through the write-once script.
 //! - [`error`]: the error type and its exit codes.
 
@@ -54,6 +54,9 @@ pub fn run(config: &Config) -> Result<Summary> {
     let keys = Keys::new(&env.key_prefix);
     let mut store = Store::new(&config.redis_url, config.redis_retry)?;
     let started = std::time::Instant::now();
+    if config.test_kernels && !cfg!(feature = "test-kernels") {
+        tracing::warn!("SLUICE_TEST_KERNELS is set, but this runner has no test kernels");
+    }
 
     let frames = batch::load(&mut store, &keys, &env.batch_id)?;
     let mut plan = batch::plan(&frames, env);

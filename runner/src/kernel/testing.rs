@@ -1,6 +1,10 @@
-//! Test kernels, enabled only by `SLUICE_TEST_KERNELS=1`: they simulate the failures sluice
-//! must survive. `crash` aborts the whole process (as a segfault or an OOM kill would), `panic`
-//! panics inside the kernel, `sleep` holds a worker for `{"ms": u64}`.
+//! Test kernels, compiled in only with the `test-kernels` feature and enabled only by
+//! `SLUICE_TEST_KERNELS=1`: they simulate the failures sluice must survive. `crash` aborts the
+//! whole process (as a segfault or an OOM kill would), `panic` panics inside the kernel, `sleep`
+//! holds a worker for `{"ms": u64}`.
+//!
+//! `scripts/image-check.sh` fails if the image's runner contains [`PANIC_MESSAGE`]: it is the
+//! evidence that this module was compiled in.
 
 use super::{KernelError, parse_input};
 use serde::Deserialize;
@@ -13,11 +17,14 @@ struct SleepInput {
     ms: u64,
 }
 
+/// What `panic` panics with; the image check's marker for this module (keep it unique).
+pub const PANIC_MESSAGE: &str = "test kernel `panic` panicked on purpose";
+
 /// Runs test kernel `name`.
 pub fn run(name: &str, input: Value) -> Result<Value, KernelError> {
     match name {
         "crash" => std::process::abort(),
-        "panic" => panic!("test kernel `panic` panicked on purpose"),
+        "panic" => panic!("{PANIC_MESSAGE}"),
         _ => {
             let SleepInput { ms } = parse_input("sleep", input)?;
             std::thread::sleep(Duration::from_millis(ms));
