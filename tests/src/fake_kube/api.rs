@@ -292,6 +292,10 @@ impl Watch {
     /// The next batch of event lines; `None` ends the stream (timeout or server stop).
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
+            // A cut stream delivers nothing more, not even events that raced with the cut.
+            if self.cuts.has_changed().unwrap_or(true) {
+                return None;
+            }
             self.collect();
             if !self.pending.is_empty() {
                 return Some(Bytes::from(std::mem::take(&mut self.pending).concat()));

@@ -227,6 +227,15 @@ impl FakeKube {
         self.shared.watch_cuts.send_modify(|n| *n += 1);
     }
 
+    /// Ends a watch outage: watch requests are answered again.
+    pub fn restore_watches(&self) {
+        *self
+            .shared
+            .watch_outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     /// Forgets the event history up to now: a watch resuming from an older version gets 410
     /// Gone and must re-list.
     pub fn compact(&self) {
