@@ -32,23 +32,24 @@ for kernel in modsum pow primes echo; do
 done
 
 total=$((N * 4))
-echo "waiting for $total results..."
-for ((i = 0; i < 600; i++)); do
-  done_count=0
+# Every id, as EXISTS commands: batches finish out of order, so all of them are counted.
+exists_commands() {
+  local kernel j
   for kernel in modsum pow primes echo; do
-    last="$KEY_PREFIX:result:$RUN_ID-$kernel-$((N - 1))"
-    [[ $(redis EXISTS "$last") == 1 ]] && done_count=$((done_count + 1))
+    for ((j = 0; j < N; j++)); do echo "EXISTS $KEY_PREFIX:result:$RUN_ID-$kernel-$j"; done
   done
-  [[ $done_count == 4 ]] && break
+}
+present() { exists_commands | redis | grep -c '^1$' || true; }
+
+echo "waiting for $total results..."
+done_count=0
+for ((i = 0; i < 600; i++)); do
+  done_count=$(present)
+  [[ $done_count == "$total" ]] && break
   sleep 0.2
 done
 finished=$(date +%s.%N)
-
-missing=0
-for kernel in modsum pow primes echo; do
-  for ((j = 0; j < N; j++)); do echo "EXISTS $KEY_PREFIX:result:$RUN_ID-$kernel-$j"; done
-done | redis >/tmp/sluice-demo-exists
-missing=$(grep -c '^0$' /tmp/sluice-demo-exists || true)
+missing=$((total - done_count))
 
 kill -TERM $pid
 wait $pid || true
