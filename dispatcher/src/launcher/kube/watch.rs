@@ -154,13 +154,12 @@ impl JobTracker {
     /// After a complete re-list the store is the cluster's truth: resolve every waiter whose
     /// Job finished, or vanished, while the watch was not looking.
     fn settle_after_relist(&self) {
-        let relists = self.lock().relists;
         let judged: Vec<String> = {
             let state = self.lock();
             state
                 .waiters
                 .iter()
-                .filter(|(_, w)| w.created_at.is_some_and(|at| at < relists))
+                .filter(|(_, w)| w.created_at.is_some_and(|at| at < state.relists))
                 .map(|(name, _)| name.clone())
                 .collect()
         };
