@@ -12,7 +12,7 @@ KERNEL ?= modsum
 INPUT ?=
 
 .PHONY: all build release demo demo-local demo-kind test bench setup services services-down tools \
-        validate image-check deny fmt lint kind-up publish results kind-down clean
+        validate image-check deny cluster cluster-down fmt lint kind-up publish results kind-down clean
 
 all: build
 
@@ -26,7 +26,7 @@ release:
 
 ## What make test needs and a fresh machine lacks (scripts/setup.sh; a second run installs nothing).
 setup:
-	@scripts/setup.sh services rust cargo-tools python kubectl
+	@scripts/setup.sh services rust cargo-tools python kubectl cluster
 
 ## RabbitMQ and Redis on loopback: healthy ones are reused, else the project starts its own
 ## (Debian's packages, installed if missing; state in target/services). services-down stops them.
@@ -66,10 +66,22 @@ test: setup services validate image-check deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
+	scripts/cluster.sh up
+	@# The build's settings, so vet reuses its compiled packages (tests/controlplane/build.sh).
+	cd tests/controlplane && test -z "$$(gofmt -l .)" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-trimpath go vet ./...
 	@rm -f target/reliability.tsv
 	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; \
 	  status=$$?; echo; scripts/reliability-table.sh target/reliability.tsv || status=1; \
 	  scripts/test-summary.sh target/test.log; exit $$status
+
+## The test cluster: upstream kube-apiserver, controller manager, scheduler and etcd built from
+## their Go modules (cached in target/cluster), and the node agent; the kube_real suite uses it.
+cluster:
+	@scripts/setup.sh rust kubectl cluster
+	@scripts/cluster.sh up
+
+cluster-down:
+	@scripts/cluster.sh down
 
 ## The image's build stage without Docker: its context as .dockerignore leaves it, both cargo
 ## builds, and a runner without test kernels (scripts/image-check.sh; README, Testing).
@@ -108,7 +120,7 @@ validate: tools build
 	@# The rendered Job alone: its NetworkPolicy (sluice-runner) is in the manifests, which
 	@# checkov cannot link to a Job rendered separately.
 	checkov --config-file .checkov.yaml --skip-check CKV_K8S_43,CKV_K8S_15,CKV_K8S_35,CKV2_K8S_6 -f target/job.yaml
-	shellcheck scripts/*.sh .ci/run
+	shellcheck scripts/*.sh tests/controlplane/*.sh .ci/run
 
 ## The kind path (needs docker, kind, kubectl, redis-cli): see README.
 kind-up:

@@ -94,7 +94,23 @@ kubectl_check() {
     die "kubectl is missing (make test renders the manifests with 'kubectl kustomize'); install kubectl 1.32 or newer: https://kubernetes.io/docs/tasks/tools/"
 }
 
-(($#)) || die "usage: scripts/setup.sh services|rust|cargo-tools|python|kubectl..."
+# The test cluster's control plane is built from Kubernetes' Go modules (scripts/cluster.sh);
+# its go.mod asks for Go 1.24 or newer, and GOTOOLCHAIN=local keeps Go from fetching another.
+cluster_tools() {
+  command -v go >/dev/null ||
+    die "Go is missing (make test builds the test cluster's control plane from Kubernetes' Go modules); install Go 1.24 or newer: https://go.dev/dl"
+  local version
+  version=$(go env GOVERSION)
+  version=${version#go}
+  [[ $(printf '%s\n1.24\n' "${version%.*}" | sort -V | head -n1) == 1.24 ]] ||
+    die "Go $version is too old for Kubernetes 1.33's modules; install Go 1.24 or newer: https://go.dev/dl"
+  local tool
+  for tool in openssl curl; do
+    command -v "$tool" >/dev/null || apt_install "$tool"
+  done
+}
+
+(($#)) || die "usage: scripts/setup.sh services|rust|cargo-tools|python|kubectl|cluster..."
 for step in "$@"; do
   case $step in
   services) services ;;
@@ -102,6 +118,7 @@ for step in "$@"; do
   cargo-tools) cargo_tools ;;
   python) python ;;
   kubectl) kubectl_check ;;
-  *) die "unknown step '$step' (services, rust, cargo-tools, python, kubectl)" ;;
+  cluster) cluster_tools ;;
+  *) die "unknown step '$step' (services, rust, cargo-tools, python, kubectl, cluster)" ;;
   esac
 done
