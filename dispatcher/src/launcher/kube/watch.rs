@@ -146,7 +146,14 @@ impl JobTracker {
                     self.resolve(name, outcome);
                 }
             }
-            watcher::Event::Init => self.lock().relists += 1,
+            watcher::Event::Init => {
+                let mut state = self.lock();
+                state.relists += 1;
+                // The first list is the start; any later one means the watch could not resume.
+                if state.relists > 1 {
+                    tracing::info!(relists = state.relists - 1, "re-listing jobs");
+                }
+            }
             watcher::Event::InitDone => self.settle_after_relist(),
         }
     }
