@@ -5,6 +5,7 @@
 //! ones) and fail loudly when either is unreachable: they never skip.
 
 pub mod cases;
+pub mod cluster;
 pub mod fake_kube;
 pub mod guarantee;
 pub mod proxy;
