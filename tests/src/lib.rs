@@ -8,6 +8,7 @@ pub mod cases;
 pub mod cluster;
 pub mod fake_kube;
 pub mod guarantee;
+pub mod node_agent;
 pub mod proxy;
 
 use anyhow::{Result, bail};
