@@ -8,7 +8,7 @@
 #   scripts/cluster.sh restart-apiserver   stop and start kube-apiserver alone (fault tests)
 #   scripts/cluster.sh expire-watches      the same, compacting etcd while it is down, so no
 #                                          watch can resume (410 Gone) (fault tests)
-#   scripts/cluster.sh compact             compact etcd at its current revision
+#   scripts/cluster.sh compact             compact etcd past every revision a client has seen
 # `up` is idempotent: a component that is already running and healthy is left alone.
 # The servers are upstream Kubernetes and etcd (tests/controlplane); the node runs pods as local
 # processes (tests/src/node_agent), which is all that is not real here.
@@ -28,6 +28,7 @@ kubeconfig=$dir/kubeconfig
 say() { echo "cluster: $*" >&2; }
 die() { say "$*"; exit 1; }
 
+# shellcheck disable=SC1091 # make validate checks it on its own
 source "$root/scripts/cluster-pki.sh"
 
 # --- processes ---------------------------------------------------------------------------
@@ -62,11 +63,12 @@ wait_for() {
   die "$name not healthy after ${secs}s; log: $logs/$name.log"
 }
 
-healthz() { curl -fsS 2>/dev/null --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/$1.crt" --key "$pki/$1.key" "$2"; }
-etcd_ok() { curl -fsS 2>/dev/null --max-time 2 "http://127.0.0.1:$etcd_port/health" | grep -q '"health":"true"'; }
+# Health checks print nothing: each only answers by its exit status.
+healthz() { curl -fsS --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/$1.crt" --key "$pki/$1.key" "$2" >/dev/null 2>&1; }
+etcd_ok() { curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health" 2>/dev/null | grep -q '"health":"true"'; }
 api_ok() { healthz admin "$server/readyz"; }
-kcm_ok() { curl -fsSk 2>/dev/null --max-time 2 "https://127.0.0.1:$kcm_port/healthz"; }
-sched_ok() { curl -fsSk 2>/dev/null --max-time 2 "https://127.0.0.1:$sched_port/healthz"; }
+kcm_ok() { curl -fsSk --max-time 2 "https://127.0.0.1:$kcm_port/healthz" >/dev/null 2>&1; }
+sched_ok() { curl -fsSk --max-time 2 "https://127.0.0.1:$sched_port/healthz" >/dev/null 2>&1; }
 node_ok() {
   kubectl --kubeconfig "$kubeconfig" get node "$node" \
     -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status} {.spec.taints}' 2>/dev/null |
@@ -133,13 +135,14 @@ start_scheduler() {
   wait_for kube-scheduler 60 sched_ok
 }
 
-# The image table maps the manifests' image to the binaries cargo built (with the test
-# kernels, so suites can send a poison message), the way `kind load docker-image` would.
+# The image table maps the manifests' image to the binaries cargo built, the way `kind load
+# docker-image` would. This image is a test build: its runner has the test kernels, and its ENV
+# enables them, so suites can send a poison message.
 write_images() {
   local target=${CARGO_TARGET_DIR:-$root/target}/debug
-  [[ -f $dir/images.json ]] && return 0
   cat > "$dir/images.json" <<EOF
 {"sluice:0.1.0": {"entrypoint": ["/usr/local/bin/dispatcher"], "cmd": ["serve"], "user": "65532:65532",
+  "env": {"SLUICE_TEST_KERNELS": "1"},
   "files": {"/usr/local/bin/dispatcher": "$target/dispatcher", "/usr/local/bin/runner": "$target/runner"}}}
 EOF
 }
@@ -155,10 +158,15 @@ start_node() {
   wait_for node-agent 90 node_ok
 }
 
-# Compacts etcd at its current revision: no watch can resume from an older one (410 Gone).
+# Writes one key outside Kubernetes' /registry (so the revision moves past everything any
+# client has seen, even one that saw the last write), then compacts etcd at that revision: no
+# watch can resume from an older one, and the API server answers each with 410 Gone.
 compact() {
-  local rev
-  rev=$(curl -fsS -X POST "http://127.0.0.1:$etcd_port/v3/kv/range" -d '{"key":"AA=="}' |
+  local key value rev
+  key=$(printf 'sluice-testbed/compact' | base64 -w0)
+  value=$(date +%s%N | base64 -w0)
+  rev=$(curl -fsS -X POST "http://127.0.0.1:$etcd_port/v3/kv/put" \
+    -d "{\"key\":\"$key\",\"value\":\"$value\"}" |
     sed -n 's/.*"revision":"\([0-9]*\)".*/\1/p')
   [[ -n $rev ]] || die "etcd: no revision to compact at"
   curl -fsS -X POST "http://127.0.0.1:$etcd_port/v3/kv/compaction" \

@@ -132,7 +132,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Deletes the dispatcher and every runner Job, and waits until their pods are gone.
+    /// Deletes the dispatcher, then every runner Job, and waits until their pods are gone.
     pub async fn teardown(&self) -> Result<()> {
         self.kubectl(&[
             "-n",
@@ -141,6 +141,9 @@ impl Cluster {
             "deployment",
             "sluice-dispatcher",
             "--ignore-not-found",
+            // Foreground: the call returns once its pods are gone, so no dispatcher is left
+            // to react to the Jobs deleted next.
+            "--cascade=foreground",
             "--wait",
         ])
         .await?;

@@ -1,8 +1,8 @@
 //! The image table (`NODE_IMAGES`), image references, and a container's argv.
 //!
 //! An "image" is an entry of a JSON table re-read on every pull, so a test can load one later:
-//! `{"name:tag": {"entrypoint": [..], "cmd": [..], "user": "uid[:gid]", "files": {"/path/in/image":
-//! "/host/path"}}}`. Pulling one that is not there fails like a registry without the image.
+//! `{"name:tag": {"entrypoint": [..], "cmd": [..], "user": "uid[:gid]", "env": {"NAME": "value"},
+//! "files": {"/path/in/image": "/host/path"}}}`. Pulling one that is not there fails like a registry without the image.
 
 use super::env::expand;
 use k8s_openapi::api::core::v1::Container;
@@ -22,6 +22,8 @@ pub struct Image {
     pub user: Option<String>,
     /// Paths inside the image mapped to host files (argv\[0\] goes through this table).
     pub files: HashMap<String, PathBuf>,
+    /// The image's ENV: under the container's own variables, which override it.
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a pull failed, named like the kubelet's waiting reasons.

@@ -367,7 +367,8 @@ impl PodRun {
                 ),
                 ("HOSTNAME".to_owned(), name.clone()),
             ];
-            let env: Vec<_> = base.into_iter().chain(resolved).collect();
+            let image_env = r.image.iter().flat_map(|i| i.env.clone());
+            let env: Vec<_> = base.into_iter().chain(image_env).chain(resolved).collect();
             let argv = images::argv(
                 r.image.as_ref().unwrap_or(&images::Image::default()),
                 &r.spec,
