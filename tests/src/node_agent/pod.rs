@@ -125,7 +125,7 @@ impl PodRun {
         match outcome {
             None => {
                 self.final_ = true;
-                self.publish().await;
+                self.publish_surely().await;
                 self.cleanup();
                 self.after_terminal().await;
             }
@@ -133,7 +133,7 @@ impl PodRun {
                 self.kill_all(Some(Duration::from_secs(grace.max(0).unsigned_abs())))
                     .await;
                 self.final_ = true;
-                self.publish().await;
+                self.publish_surely().await;
                 self.cleanup();
                 self.confirm_deletion().await;
             }
@@ -147,8 +147,29 @@ impl PodRun {
 
     /// A terminal pod: nothing runs; once it is deleted, confirm that.
     async fn after_terminal(mut self) {
-        if let Stop::Deleted(_) = self.signals.wait().await {
+        if let Stop::Deleted(_) = self.wait_reporting().await {
             self.confirm_deletion().await;
+        }
+    }
+
+    /// Waits for an interruption, re-sending a status the API server has not taken yet.
+    async fn wait_reporting(&mut self) -> Stop {
+        while self.dirty {
+            tokio::select! {
+                stop = self.signals.wait() => return stop,
+                () = tokio::time::sleep(Duration::from_secs(5)) => self.publish().await,
+            }
+        }
+        self.signals.wait().await
+    }
+
+    /// Publishes a final status until the API server takes it (an outage, such as an API
+    /// server restart, must not lose a pod's end), unless the pod is gone or the agent stops.
+    async fn publish_surely(&mut self) {
+        self.publish().await;
+        while self.dirty && !self.signals.stop.is_cancelled() && !self.signals.gone.is_cancelled() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            self.publish().await;
         }
     }
 
@@ -171,7 +192,7 @@ impl PodRun {
             }
             if invalid {
                 self.publish().await;
-                return Err(self.signals.wait().await);
+                return Err(self.wait_reporting().await);
             }
             if !missing {
                 break;
@@ -362,13 +383,15 @@ impl PodRun {
             ..DeleteParams::default()
         };
         let name = self.key.split_once('/').map_or("", |(_, n)| n);
-        for attempt in 1..=5 {
+        let mut delay = Duration::from_secs(1);
+        while !self.signals.stop.is_cancelled() && !self.signals.gone.is_cancelled() {
             match self.api.delete(name, &dp).await {
                 Ok(_) => return info!(pod = %self.key, "deletion confirmed"),
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
-                Err(e) => warn!(pod = %self.key, attempt, "confirming deletion: {e}"),
+                Err(e) => warn!(pod = %self.key, "confirming deletion: {e}"),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 
