@@ -4,8 +4,8 @@
 
 use super::images::{self, Image};
 use super::pod::PodRun;
-use super::pods::Stop;
 use super::process::{self, Launch};
+use super::signals::Stop;
 use super::status::{self, State};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

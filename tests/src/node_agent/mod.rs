@@ -38,6 +38,7 @@ mod pods;
 mod probe;
 pub mod process;
 pub mod resources;
+mod signals;
 pub mod status;
 mod token;
 mod volumes;

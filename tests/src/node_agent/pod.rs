@@ -4,8 +4,8 @@
 use super::containers::Run;
 use super::env::{self, PodCtx, Refs};
 use super::images::{self, Image, PullError};
-use super::pods::{Signals, Stop};
 use super::process::Launch;
+use super::signals::{Signals, Stop};
 use super::status::{self, State};
 use super::{Config, Ctx, volumes};
 use k8s_openapi::api::core::v1::Pod;
