@@ -6,7 +6,7 @@
 //! and volumes are resolved like the kubelet does ([`env`], [`resources`], [`volumes`],
 //! [`token`]), containers run in their own mount namespace as their own user ([`containers`],
 //! [`process`], [`probe`]), and status goes to the API server as the kubelet reports it
-//! ([`status`]). It authenticates as `system:node:<name>`, so the Node authorizer and the
+//! ([`status`], [`report`]). It authenticates as `system:node:<name>`, so the Node authorizer and the
 //! `NodeRestriction` admission plugin hold it to a kubelet's rights.
 //!
 //! Configuration, from the environment:
@@ -37,6 +37,7 @@ mod pod;
 mod pods;
 mod probe;
 pub mod process;
+mod report;
 pub mod resources;
 mod signals;
 pub mod status;

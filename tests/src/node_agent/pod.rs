@@ -10,8 +10,7 @@ use super::status::{self, State};
 use super::{Config, Ctx, volumes};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -19,22 +18,22 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 /// One pod's task.
 pub struct PodRun {
     pub(super) ctx: Arc<Ctx>,
-    api: Api<Pod>,
+    pub(super) api: Api<Pod>,
     pub(super) signals: Signals,
     pub(super) key: String,
     pub(super) dir: PathBuf,
     pub(super) ctrs: Vec<Run>,
     pub(super) policy: String,
-    start_time: String,
-    sandbox: bool,
+    pub(super) start_time: String,
+    pub(super) sandbox: bool,
     pub(super) final_: bool,
-    published: Value,
-    logged: String,
-    ours: Vec<Value>,
+    pub(super) published: Value,
+    pub(super) logged: String,
+    pub(super) ours: Vec<Value>,
     pub(super) dirty: bool,
     pub(super) refresh_at: Option<Instant>,
     pub(super) exit_tx: mpsc::UnboundedSender<(usize, ExitStatus)>,
@@ -114,6 +113,8 @@ impl PodRun {
             warn!(pod = %self.key, "creating {}: {e}", self.dir.display());
         }
         self.adopt();
+        // Pending with hostIP, startTime and ContainerCreating at once, as the kubelet reports.
+        self.publish().await;
         let outcome = if self.finished() {
             None
         } else {
@@ -149,27 +150,6 @@ impl PodRun {
     async fn after_terminal(mut self) {
         if let Stop::Deleted(_) = self.wait_reporting().await {
             self.confirm_deletion().await;
-        }
-    }
-
-    /// Waits for an interruption, re-sending a status the API server has not taken yet.
-    async fn wait_reporting(&mut self) -> Stop {
-        while self.dirty {
-            tokio::select! {
-                stop = self.signals.wait() => return stop,
-                () = tokio::time::sleep(Duration::from_secs(5)) => self.publish().await,
-            }
-        }
-        self.signals.wait().await
-    }
-
-    /// Publishes a final status until the API server takes it (an outage, such as an API
-    /// server restart, must not lose a pod's end), unless the pod is gone or the agent stops.
-    async fn publish_surely(&mut self) {
-        self.publish().await;
-        while self.dirty && !self.signals.stop.is_cancelled() && !self.signals.gone.is_cancelled() {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            self.publish().await;
         }
     }
 
@@ -313,86 +293,6 @@ impl PodRun {
             ));
         }
         Ok(())
-    }
-
-    /// Reports the status if it changed (pods/status, JSON merge patch: lists are replaced
-    /// whole, so no stale container state survives), retrying transient errors.
-    pub(super) async fn publish(&mut self) {
-        let ctrs: Vec<_> = self.ctrs.iter().map(|r| r.s.clone()).collect();
-        let conditions = self.pod().status.and_then(|s| s.conditions);
-        let mut prev: Vec<Value> = conditions
-            .into_iter()
-            .flatten()
-            .filter_map(|c| serde_json::to_value(c).ok())
-            .collect();
-        for ours in &self.ours {
-            match prev.iter_mut().find(|c| c["type"] == ours["type"]) {
-                Some(slot) => *slot = ours.clone(),
-                None => prev.push(ours.clone()),
-            }
-        }
-        let status = status::pod_status(&ctrs, self.final_, self.sandbox, &self.start_time, &prev);
-        if status == self.published {
-            return;
-        }
-        let patch = Patch::Merge(json!({"status": status}));
-        let name = self.key.split_once('/').map_or("", |(_, n)| n).to_owned();
-        let mut delay = Duration::from_millis(200);
-        for attempt in 1..=5 {
-            match self
-                .api
-                .patch_status(&name, &PatchParams::default(), &patch)
-                .await
-            {
-                Ok(_) => {
-                    let summary = status::summary(&ctrs, self.final_);
-                    if summary != self.logged {
-                        info!(pod = %self.key, "{summary}");
-                        self.logged = summary;
-                    }
-                    self.ours = status["conditions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter(|c| c["type"] != "PodScheduled")
-                        .cloned()
-                        .collect();
-                    self.published = status;
-                    self.dirty = false;
-                    return;
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 => return,
-                Err(e) => warn!(pod = %self.key, attempt, "reporting status: {e}"),
-            }
-            tokio::time::sleep(delay).await;
-            delay *= 2;
-        }
-        self.dirty = true;
-    }
-
-    /// Deletes the pod with grace 0 and a uid precondition, as the kubelet confirms that its
-    /// containers are gone; finalizers (the Job controller's) may keep it a while longer.
-    async fn confirm_deletion(&self) {
-        let uid = self.signals.rx.borrow().metadata.uid.clone();
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid,
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        let name = self.key.split_once('/').map_or("", |(_, n)| n);
-        let mut delay = Duration::from_secs(1);
-        while !self.signals.stop.is_cancelled() && !self.signals.gone.is_cancelled() {
-            match self.api.delete(name, &dp).await {
-                Ok(_) => return info!(pod = %self.key, "deletion confirmed"),
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
-                Err(e) => warn!(pod = %self.key, "confirming deletion: {e}"),
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(10));
-        }
     }
 
     /// Removes the pod's volumes; its logs stay.
