@@ -117,6 +117,8 @@ impl PodRun {
         self.publish().await;
         let outcome = if self.finished() {
             None
+        } else if let Some(grace) = self.signals.deleting() {
+            Some(Stop::Deleted(grace))
         } else {
             match self.prepare().await {
                 Ok(()) => self.supervise().await,

@@ -23,18 +23,19 @@ pub struct Signals {
 }
 
 impl Signals {
+    /// The deletion grace period, once the pod is being deleted.
+    pub fn deleting(&self) -> Option<i64> {
+        let pod = self.rx.borrow();
+        let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
+        pod.metadata.deletion_timestamp.is_some().then_some(grace)
+    }
+
     /// Waits until the pod is being deleted (at once if it is), vanishes, or the agent stops.
     pub async fn wait(&mut self) -> Stop {
         loop {
-            let deleting = self
-                .rx
-                .borrow_and_update()
-                .metadata
-                .deletion_timestamp
-                .is_some();
-            if deleting {
-                let grace = self.rx.borrow().metadata.deletion_grace_period_seconds;
-                return Stop::Deleted(grace.unwrap_or(30));
+            self.rx.mark_unchanged();
+            if let Some(grace) = self.deleting() {
+                return Stop::Deleted(grace);
             }
             tokio::select! {
                 () = self.gone.cancelled() => return Stop::Gone,
