@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use sluice_tests::node_agent;
+use std::io::IsTerminal;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -11,7 +12,10 @@ fn main() -> Result<()> {
     // A container being started: becomes it (exec) and never returns.
     node_agent::exec_helper_if_requested();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
     let config = node_agent::Config::from_env()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

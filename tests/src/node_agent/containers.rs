@@ -1,21 +1,19 @@
 //! A pod's containers as processes: init containers one by one, then the others; restarts as
 //! the restartPolicy says, with crash-loop backoff (immediately, then 10 s doubling to 5 min);
-//! httpGet and tcpSocket readiness probes; stopping on deletion.
+//! readiness ([`super::probe`]); stopping on deletion.
 
 use super::images::{self, Image};
-use super::pods::{PodRun, Stop};
+use super::pod::PodRun;
 use super::process::{self, Launch};
+use super::signals::Stop;
 use super::status::{self, State};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use nix::sys::signal::Signal;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -29,17 +27,17 @@ pub struct Run {
     pub image: Option<Image>,
     /// How to start it and its environment, once configured.
     pub launch: Option<(Launch, Vec<(String, String)>)>,
-    pid: Option<u32>,
+    pub(super) pid: Option<u32>,
     started: Option<Instant>,
     next_start: Option<Instant>,
     backoff: Duration,
     /// Will not run again.
     done: bool,
-    probe_at: Option<Instant>,
-    fails: i32,
+    pub(super) probe_at: Option<Instant>,
+    pub(super) fails: i32,
 }
 
-fn secs(n: Option<i32>, default: u64) -> Duration {
+pub(super) fn secs(n: Option<i32>, default: u64) -> Duration {
     Duration::from_secs(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(default))
 }
 
@@ -338,80 +336,4 @@ impl PodRun {
             }
         }
     }
-
-    /// Runs the readiness probes that are due.
-    async fn probe(&mut self) {
-        let now = Instant::now();
-        for r in &mut self.ctrs {
-            let (Some(at), Some(p)) = (r.probe_at, r.spec.readiness_probe.as_ref()) else {
-                continue;
-            };
-            if at > now || r.pid.is_none() {
-                continue;
-            }
-            let port = |port: &IntOrString| match port {
-                IntOrString::Int(n) => u16::try_from(*n).ok(),
-                IntOrString::String(name) => {
-                    let named = r
-                        .spec
-                        .ports
-                        .iter()
-                        .flatten()
-                        .find(|cp| cp.name.as_deref() == Some(name));
-                    named.and_then(|cp| u16::try_from(cp.container_port).ok())
-                }
-            };
-            let timeout = secs(p.timeout_seconds, 1);
-            let ok = match (&p.http_get, &p.tcp_socket) {
-                (Some(h), _) => match port(&h.port) {
-                    Some(port) => http_ok(port, h.path.as_deref().unwrap_or("/"), timeout).await,
-                    None => false,
-                },
-                (None, Some(t)) => match port(&t.port) {
-                    Some(port) => matches!(
-                        tokio::time::timeout(timeout, TcpStream::connect(("127.0.0.1", port)))
-                            .await,
-                        Ok(Ok(_))
-                    ),
-                    None => false,
-                },
-                (None, None) => true,
-            };
-            if ok {
-                (r.fails, r.s.ready) = (0, true);
-            } else {
-                r.fails += 1;
-                r.s.ready &= r.fails < p.failure_threshold.unwrap_or(3);
-            }
-            r.probe_at = Some(Instant::now() + secs(p.period_seconds, 10));
-        }
-    }
-}
-
-/// `GET http://127.0.0.1:<port><path>` answers 2xx or 3xx within `timeout`.
-async fn http_ok(port: u16, path: &str, timeout: Duration) -> bool {
-    let get = async {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(request.as_bytes()).await?;
-        let (mut head, mut buf) = (Vec::new(), [0u8; 256]);
-        while head.len() < 12 {
-            let n = s.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(head)
-    };
-    let Ok(Ok(head)) = tokio::time::timeout(timeout, get).await else {
-        return false;
-    };
-    let code = std::str::from_utf8(&head)
-        .ok()
-        .and_then(|h| h.split(' ').nth(1))
-        .and_then(|c| c.parse::<u16>().ok());
-    code.is_some_and(|c| (200..400).contains(&c))
 }

@@ -1,12 +1,13 @@
 //! A test-only node agent: a kubelet stand-in for a real control plane (kube-apiserver,
 //! controller manager, scheduler) that runs the pods bound to its Node as local processes.
 //!
-//! It registers a Node and keeps it Ready ([`node`]), watches the pods bound to it and runs each
-//! one ([`pods`]): images come from a table of host binaries ([`images`]), environment and
-//! volumes are resolved like the kubelet does ([`env`], [`volumes`], [`token`]), containers run
-//! in their own mount namespace as their own user ([`process`]), and status goes to the API
-//! server as the kubelet reports it ([`status`]). It authenticates as `system:node:<name>`, so
-//! the Node authorizer and the `NodeRestriction` admission plugin hold it to a kubelet's rights.
+//! It registers a Node and keeps it Ready ([`node`]), watches the pods bound to it ([`pods`]) and
+//! runs each one ([`pod`]): images come from a table of host binaries ([`images`]), environment
+//! and volumes are resolved like the kubelet does ([`env`], [`resources`], [`volumes`],
+//! [`token`]), containers run in their own mount namespace as their own user ([`containers`],
+//! [`process`], [`probe`]), and status goes to the API server as the kubelet reports it
+//! ([`status`], [`report`]). It authenticates as `system:node:<name>`, so the Node authorizer and the
+//! `NodeRestriction` admission plugin hold it to a kubelet's rights.
 //!
 //! Configuration, from the environment:
 //! - `KUBECONFIG`: the node's kubeconfig (client certificate CN=system:node:<name>,
@@ -32,8 +33,13 @@ mod containers;
 pub mod env;
 pub mod images;
 mod node;
+mod pod;
 mod pods;
+mod probe;
 pub mod process;
+mod report;
+pub mod resources;
+mod signals;
 pub mod status;
 mod token;
 mod volumes;
@@ -71,7 +77,7 @@ impl Config {
     pub fn from_env() -> Result<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let memory = match var("NODE_MEMORY") {
-            Some(v) => env::parse_quantity(&v)
+            Some(v) => resources::parse_quantity(&v)
                 .and_then(|n| u64::try_from(n / 1_000_000_000).ok())
                 .with_context(|| format!("NODE_MEMORY={v}"))?,
             None => machine_memory().unwrap_or(8 << 30),

@@ -7,6 +7,8 @@
 //! volume onto its mountPath (read-only ones remounted so), drops to the container's
 //! uid/gid/groups and execs argv, so the container keeps the helper's pid. This replaces a
 //! `pre_exec` closure: the workspace forbids unsafe code, and `nix` wraps these calls safely.
+//! A mount point needs something to mount on: a mountPath missing on the host is created there
+//! (an empty directory, or an empty file for a file subPath) and left behind.
 
 use anyhow::{Context, Result, bail};
 use nix::mount::{MsFlags, mount};

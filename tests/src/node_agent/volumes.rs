@@ -3,8 +3,9 @@
 //! Files are replaced atomically (write, then rename), so a refresh is safe while a container
 //! reads them; they are owned by the pod's user so its containers can read them.
 
-use super::env::{Kind, PodCtx, field, not_found, resource};
+use super::env::{Kind, PodCtx, field, not_found};
 use super::process::Mount;
+use super::resources::resource;
 use super::token;
 use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath};
 use kube::Client;
