@@ -5,6 +5,7 @@
 //! ones) and fail loudly when either is unreachable: they never skip.
 
 pub mod cases;
+pub mod dead;
 pub mod fake_kube;
 pub mod guarantee;
 pub mod proxy;
