@@ -197,6 +197,11 @@ async fn the_binary_redrives_by_arrival_batch_then_all_and_a_bare_redrive_only_p
         .unwrap();
     assert_eq!(env.result("tricky-a").await.unwrap()["status"], "ok");
     assert_eq!(env.result("tricky-b").await.unwrap()["status"], "dead");
+    let status = stdout(&dispatcher_cli(&env, &[], &["status"]).await);
+    assert!(
+        status.contains("dead 2, redriven 1") && status.contains("dead letters: 1\n"),
+        "{status}"
+    );
 
     let all = dispatcher_cli(&env, &[], &["redrive", "--all"]).await;
     assert!(all.status.success(), "{all:?}");
