@@ -13,7 +13,7 @@ use futures::stream::FuturesUnordered;
 use indicatif::ProgressBar;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -202,51 +202,60 @@ impl Requeue {
     /// Publishes each letter's body, persistent and mandatory (a message the broker cannot
     /// route comes back as an error rather than vanishing), and waits for every confirm.
     async fn publish(&self, letters: &[&DeadLetter], progress: &ProgressBar) -> Result<()> {
+        let mandatory = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
         let mut pending = FuturesUnordered::new();
         for letter in letters {
-            let mut properties = BasicProperties::default().with_delivery_mode(2);
-            // The id keys the re-run's result as before. An id too long for the property
-            // (over 255 bytes) can only have come from the body's `id`, which still carries it.
-            if let Ok(id) = ShortString::try_new(letter.id.as_str()) {
-                properties = properties.with_message_id(id);
-            }
             let confirm = self
                 .channel
                 .basic_publish(
                     "".into(),
                     self.queue.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
+                    mandatory,
                     letter.body.as_bytes(),
-                    properties,
+                    properties(letter),
                 )
                 .await
                 .map_err(Error::amqp("publishing a dead letter"))?;
             pending.push(confirm);
         }
         while let Some(confirm) = pending.next().await {
-            let confirmation = confirm.map_err(Error::amqp("waiting for a publisher confirm"))?;
-            let refused = if confirmation.is_ack() {
-                confirmation
-                    .take_message()
-                    .map(|_| format!("queue {} does not exist (returned)", self.queue))
-            } else {
-                Some("nacked".to_owned())
-            };
-            if let Some(reason) = refused {
-                return Err(Error::BrokerRefused { reason });
-            }
+            self.check(confirm.map_err(Error::amqp("waiting for a publisher confirm"))?)?;
             progress.inc(1);
         }
         Ok(())
+    }
+
+    /// A confirm is only an ack without a returned message: a mandatory publish that could not
+    /// be routed is acked too, and comes back.
+    fn check(&self, confirmation: Confirmation) -> Result<()> {
+        let reason = if !confirmation.is_ack() {
+            "nacked".to_owned()
+        } else if confirmation.take_message().is_some() {
+            format!("returned: queue {} does not exist", self.queue)
+        } else {
+            return Ok(());
+        };
+        Err(Error::BrokerRefused { reason })
     }
 
     async fn close(&self) {
         if let Err(e) = self.connection.close(200, "redriven".into()).await {
             tracing::debug!(error = %e, "closing the rabbitmq connection");
         }
+    }
+}
+
+/// Persistent, keyed by the letter's id so the re-run's result is keyed as before. An id too
+/// long for the property (over 255 bytes) can only have come from the body's `id`, which still
+/// carries it.
+fn properties(letter: &DeadLetter) -> BasicProperties {
+    let properties = BasicProperties::default().with_delivery_mode(2);
+    match ShortString::try_new(letter.id.as_str()) {
+        Ok(id) => properties.with_message_id(id),
+        Err(_) => properties,
     }
 }
 
