@@ -30,7 +30,8 @@ pub struct Summary {
     pub requeued: usize,
     /// Of those, messages an interrupted run had taken.
     pub recovered: usize,
-    /// Entries whose message already had an `ok` or `error` result: removed, not published.
+    /// Entries whose message already had a result (`ok` or `error` for a dead-list entry; any
+    /// for a leftover, whose first publish got through): removed, not published.
     pub finished: usize,
     /// Entries that left the dead list (by hand) between reading and taking.
     pub gone: usize,
