@@ -49,7 +49,18 @@ impl Keys {
         format!("{}:dead", self.prefix)
     }
 
-    /// `{prefix}:stats`: counters (received, batches, ok, error, dead).
+    /// `{prefix}:redrive`: dead letters `dispatcher redrive` has taken from `{prefix}:dead` and
+    /// not yet seen confirmed on the queue; the next run re-publishes any left here.
+    pub fn redrive(&self) -> String {
+        format!("{}:redrive", self.prefix)
+    }
+
+    /// `{prefix}:redrive:lock`: the lease of the `dispatcher redrive` running now, if any.
+    pub fn redrive_lock(&self) -> String {
+        format!("{}:redrive:lock", self.prefix)
+    }
+
+    /// `{prefix}:stats`: counters (received, batches, ok, error, dead, redriven).
     pub fn stats(&self) -> String {
         format!("{}:stats", self.prefix)
     }
@@ -73,6 +84,8 @@ mod tests {
         assert_eq!(k.batch("b1"), "p:batch:b1");
         assert_eq!(k.batch_messages("b1"), "p:batch:b1:messages");
         assert_eq!(k.dead(), "p:dead");
+        assert_eq!(k.redrive(), "p:redrive");
+        assert_eq!(k.redrive_lock(), "p:redrive:lock");
         assert_eq!(k.stats(), "p:stats");
     }
 }

@@ -25,6 +25,12 @@ pub enum Error {
         /// What the stream reported.
         reason: String,
     },
+    /// The broker confirmed a publish negatively, or returned it as unroutable.
+    #[error("rabbitmq did not take a message: {reason}")]
+    BrokerRefused {
+        /// What the broker answered.
+        reason: String,
+    },
     /// Redis failed.
     #[error("redis error while {context}: {source}")]
     Redis {
@@ -51,6 +57,12 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Another `dispatcher redrive` holds the key prefix's redrive lease, or this run lost it.
+    #[error("redrive stopped: {reason}")]
+    RedriveLease {
+        /// Which, and what to do about it.
+        reason: String,
+    },
     /// Local I/O failed (spawning a runner, binding the metrics port, reading input).
     #[error("{context}: {source}")]
     Io {
@@ -69,7 +81,12 @@ impl Error {
     /// Whether retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Amqp { .. } | Self::ConsumerClosed { .. } | Self::Io { .. } => true,
+            // A lease ends within seconds, whether its run finishes or died.
+            Self::Amqp { .. }
+            | Self::ConsumerClosed { .. }
+            | Self::BrokerRefused { .. }
+            | Self::Io { .. }
+            | Self::RedriveLease { .. } => true,
             Self::Redis { source, .. } => {
                 !matches!(source.retry_method(), redis::RetryMethod::NoRetry)
             }
@@ -88,11 +105,12 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Config(_) | Self::InvalidConfig(_) => "config",
-            Self::Amqp { .. } | Self::ConsumerClosed { .. } => "amqp",
+            Self::Amqp { .. } | Self::ConsumerClosed { .. } | Self::BrokerRefused { .. } => "amqp",
             Self::Redis { .. } => "redis",
             Self::Kube { .. } => "kube",
             Self::Launch { .. } => "launch",
             Self::Io { .. } => "io",
+            Self::RedriveLease { .. } => "redrive",
         }
     }
 

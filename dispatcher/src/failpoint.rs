@@ -4,7 +4,9 @@
 //! is most dangerous.
 //!
 //! Points: `before-stage` (a batch closed, nothing in Redis yet), `before-launch` (staged, no
-//! Job), `before-ack` (Job launched, deliveries not acked), `after-ack` (Jobs running).
+//! Job), `before-ack` (Job launched, deliveries not acked), `after-ack` (Jobs running); in
+//! `dispatcher redrive`, `redrive-taken` (a chunk of dead letters moved to `{prefix}:redrive`,
+//! not published) and `redrive-published` (published and confirmed, still in `{prefix}:redrive`).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -20,7 +20,8 @@
 //! Around them: [`config`] (environment), [`error`], [`health`] (readiness with reasons),
 //! [`retry`] (Redis and API calls through the
 //! shared retry helper), [`failpoint`] (crash points for tests), [`metrics`] (Prometheus and
-//! health endpoints), [`shutdown`] (signals), and the [`publish`] and [`status`] commands.
+//! health endpoints), [`shutdown`] (signals), and the [`publish`], [`status`] and [`redrive`]
+//! (dead letters back on the queue, each once) commands.
 
 pub mod amqp;
 pub mod backlog;
@@ -35,6 +36,7 @@ pub mod job;
 pub mod launcher;
 pub mod metrics;
 pub mod publish;
+pub mod redrive;
 pub mod retry;
 pub mod serve;
 pub mod settle;

@@ -1,8 +1,9 @@
-//! The `dispatcher` binary: `serve` (default), `publish`, `status`, `render-job`.
+//! The `dispatcher` binary: `serve` (default), `publish`, `status`, `redrive`, `render-job`.
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use sluice_dispatcher::publish::{Source, publish};
+use sluice_dispatcher::redrive::{self, Selector};
 use sluice_dispatcher::{Config, job, metrics, serve, shutdown, status};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +41,22 @@ enum Command {
     },
     /// Show queue depth, batches by state, Jobs in flight and result counts.
     Status,
+    /// Put dead letters back on the queue, each once: --all, or those of --id or --batch.
+    #[command(group(ArgGroup::new("which").required(true).args(["all", "id", "batch"])))]
+    Redrive {
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// The dead letters of these message ids.
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        id: Vec<String>,
+        /// The dead letters of messages that arrived in these batches (or died in them).
+        #[arg(long, num_args = 1.., value_name = "BATCH")]
+        batch: Vec<String>,
+        /// List what would be redriven, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print the Job the dispatcher would create for a batch, as YAML.
     RenderJob {
         /// The batch id to render the Job for.
@@ -115,6 +132,21 @@ async fn run() -> anyhow::Result<()> {
             print!("{}", status::report(&config).await?);
             Ok(())
         }
+        Command::Redrive {
+            all,
+            id,
+            batch,
+            dry_run,
+        } => {
+            let selector = if all {
+                Selector::All
+            } else if id.is_empty() {
+                Selector::Batches(batch)
+            } else {
+                Selector::Ids(id)
+            };
+            run_redrive(&config, &selector, dry_run).await
+        }
         Command::RenderJob { batch_id } => {
             print!(
                 "{}",
@@ -122,6 +154,24 @@ async fn run() -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+async fn run_redrive(config: &Config, selector: &Selector, dry_run: bool) -> anyhow::Result<()> {
+    if dry_run {
+        print!("{}", redrive::plan(config, selector).await?);
+        return Ok(());
+    }
+    match redrive::run(config, selector).await {
+        Ok(summary) => {
+            print!("{summary}");
+            Ok(())
+        }
+        // Says itself when to try again.
+        Err(e @ sluice_dispatcher::Error::RedriveLease { .. }) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e).context(
+            "redrive failed; run it again: a run first re-publishes what a failed one had taken",
+        )),
     }
 }
 

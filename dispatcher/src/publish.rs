@@ -95,10 +95,15 @@ async fn confirm_one(
 }
 
 fn progress_bar<R>(source: &Source<R>) -> ProgressBar {
-    let bar = match source {
+    styled(match source {
         Source::Generated { count, .. } => ProgressBar::new(*count),
         Source::Lines(_) => ProgressBar::new_spinner(),
-    };
+    })
+}
+
+/// The commands' progress bar style. indicatif draws on stderr and hides the bar when stderr is
+/// not a terminal, so piped or logged output stays clean.
+pub(crate) fn styled(bar: ProgressBar) -> ProgressBar {
     let style = ProgressStyle::with_template(
         "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec}",
     )

@@ -1,4 +1,5 @@
-//! `dispatcher status`: queue depth, batches by state, Jobs in flight, result counts.
+//! `dispatcher status`: queue depth, batches by state, Jobs in flight, result counts, dead
+//! letters.
 
 use crate::amqp::{connect, inspect_queue};
 use crate::config::Config;
@@ -19,6 +20,10 @@ pub struct Report {
     pub open_batches: BTreeMap<&'static str, usize>,
     /// The `{prefix}:stats` counters.
     pub stats: BTreeMap<String, u64>,
+    /// Entries in `{prefix}:dead`: messages dead now.
+    pub dead_letters: u64,
+    /// Entries in `{prefix}:redrive`: taken by a redrive that stopped before finishing.
+    pub redriving: u64,
 }
 
 impl Report {
@@ -71,11 +76,19 @@ pub async fn report(config: &Config) -> Result<Report> {
         .hgetall(keys.stats())
         .await
         .map_err(Error::redis("reading stats"))?;
+    let (dead_letters, redriving): (u64, u64) = redis::pipe()
+        .llen(keys.dead())
+        .llen(keys.redrive())
+        .query_async(&mut con)
+        .await
+        .map_err(Error::redis("counting dead letters"))?;
     Ok(Report {
         queue: config.broker.queue.clone(),
         queue_depth,
         open_batches,
         stats,
+        dead_letters,
+        redriving,
     })
 }
 
@@ -99,12 +112,23 @@ impl fmt::Display for Report {
         let stat = |name: &str| self.stats.get(name).copied().unwrap_or(0);
         writeln!(
             f,
-            "messages: received {}, ok {}, error {}, dead {} (batches {})",
+            "messages: received {}, ok {}, error {}, dead {}, redriven {} (batches {})",
             stat("received"),
             stat("ok"),
             stat("error"),
             stat("dead"),
+            stat("redriven"),
             stat("batches")
-        )
+        )?;
+        write!(f, "dead letters: {}", self.dead_letters)?;
+        if self.redriving > 0 {
+            // A redrive that stopped part-way; the next one publishes these first.
+            write!(
+                f,
+                ", {} taken by a redrive that stopped: run `dispatcher redrive` again",
+                self.redriving
+            )?;
+        }
+        writeln!(f)
     }
 }

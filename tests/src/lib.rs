@@ -6,6 +6,7 @@
 
 pub mod cases;
 pub mod cluster;
+pub mod dead;
 pub mod fake_kube;
 pub mod guarantee;
 pub mod node_agent;

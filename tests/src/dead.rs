@@ -1,0 +1,138 @@
+//! Dead letters for the redrive suite: real ones from a runner build with a bug, fake ones
+//! written exactly as the dispatcher's settle step writes them, and readers of the lists and
+//! the results stream.
+
+use crate::{TestEnv, binary};
+use anyhow::{Context as _, Result, bail};
+use redis::AsyncCommands;
+use serde_json::json;
+use sluice_contract::record::{ResultWrite, WRITE_RESULTS_LUA, unix_millis};
+use sluice_contract::{Keys, ResultRecord, Status};
+use std::path::{Path, PathBuf};
+
+/// Where the buggy runner finds `redis-cli` (runners get no `PATH`).
+const REDIS_CLI: &str = "/usr/bin/redis-cli";
+
+/// Writes a `RUNNER_BIN` for `env` standing for a runner build with a bug: it dies of SIGSEGV
+/// on any batch holding a message that mentions "tricky", and runs the real runner otherwise.
+pub fn buggy_runner(env: &TestEnv) -> Result<PathBuf> {
+    if !Path::new(REDIS_CLI).is_file() {
+        bail!("the buggy runner needs {REDIS_CLI}: run `scripts/setup.sh services`");
+    }
+    let script = std::env::temp_dir().join(format!("{}-buggy-runner.sh", env.prefix));
+    let text = format!(
+        "#!/bin/sh\n\
+         if {REDIS_CLI} -u \"$REDIS_URL\" LRANGE \"$KEY_PREFIX:batch:$BATCH_ID:messages\" 0 -1 | /usr/bin/grep -q tricky; then\n\
+         \x20 kill -SEGV $$\n\
+         fi\n\
+         exec '{}'\n",
+        binary("runner").display()
+    );
+    crate::write_script(&script, &text)?;
+    Ok(script)
+}
+
+impl TestEnv {
+    fn keys(&self) -> Keys {
+        Keys::new(&self.prefix)
+    }
+
+    /// The `{prefix}:dead` list, newest first, as stored.
+    pub async fn dead_list(&self) -> Result<Vec<String>> {
+        Ok(self
+            .redis()
+            .await?
+            .lrange(self.keys().dead(), 0, -1)
+            .await?)
+    }
+
+    /// The `{prefix}:redrive` list: entries a redrive took and did not release.
+    pub async fn redrive_list(&self) -> Result<Vec<String>> {
+        Ok(self
+            .redis()
+            .await?
+            .lrange(self.keys().redrive(), 0, -1)
+            .await?)
+    }
+
+    /// The `batch` field of `id`'s dead-list entry: the batch it died in.
+    pub async fn dead_batch(&self, id: &str) -> Result<String> {
+        for entry in self.dead_list().await? {
+            let entry: serde_json::Value = serde_json::from_str(&entry)?;
+            if entry["id"] == id {
+                return entry["batch"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .context("a dead letter without a batch");
+            }
+        }
+        bail!("{id} is not in the dead list")
+    }
+
+    /// The batch `batch` was split from, recursively: the batch its messages arrived in.
+    pub async fn root_batch(&self, batch: &str) -> Result<String> {
+        let mut con = self.redis().await?;
+        let mut current = batch.to_owned();
+        while let Some(parent) = con
+            .hget::<_, _, Option<String>>(self.keys().batch(&current), "parent")
+            .await?
+        {
+            current = parent;
+        }
+        Ok(current)
+    }
+
+    /// The `status` of every results-stream entry for `id`, oldest first.
+    pub async fn stream_statuses(&self, id: &str) -> Result<Vec<String>> {
+        let reply: redis::streams::StreamRangeReply = self
+            .redis()
+            .await?
+            .xrange_all(self.keys().results_stream())
+            .await?;
+        Ok(reply
+            .ids
+            .iter()
+            .filter(|e| e.get::<String>("id").as_deref() == Some(id))
+            .map(|e| e.get("status").unwrap_or_default())
+            .collect())
+    }
+
+    /// Dead-letters echo messages `ids` exactly as the dispatcher's settle step does: a `dead`
+    /// result through the write-once script, and a JSON entry pushed to `{prefix}:dead`.
+    pub async fn dead_letter_directly(&self, ids: &[&str]) -> Result<()> {
+        let (keys, batch) = (self.keys(), "b-direct");
+        let reason = "gave up: the message's Job failed on its own: BackoffLimitExceeded";
+        let records: Vec<ResultRecord> = ids
+            .iter()
+            .map(|id| ResultRecord {
+                id: (*id).to_owned(),
+                status: Status::Dead,
+                detail: reason.into(),
+                kernel: String::new(),
+                batch: batch.into(),
+                duration_us: 0,
+                finished_at: unix_millis(),
+            })
+            .collect();
+        let call = ResultWrite::new(&keys, batch, &records, 0, 10_000);
+        let entries: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                let body = json!({"id": id, "kernel": "echo", "input": id}).to_string();
+                json!({"id": id, "batch": batch, "reason": reason, "body": body}).to_string()
+            })
+            .collect();
+        redis::pipe()
+            .cmd("EVAL")
+            .arg(WRITE_RESULTS_LUA)
+            .arg(call.keys.len())
+            .arg(&call.keys[..])
+            .arg(&call.args[..])
+            .ignore()
+            .lpush(keys.dead(), &entries[..])
+            .ignore()
+            .query_async::<()>(&mut self.redis().await?)
+            .await?;
+        Ok(())
+    }
+}
