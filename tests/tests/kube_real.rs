@@ -59,7 +59,15 @@ async fn mixed_messages_and_a_poison_message_run_as_real_jobs_and_are_cleaned_up
     let env = TestEnv::new("real-mixed").await.unwrap();
     cluster.teardown().await.unwrap();
     cluster
-        .deploy(&env, &[("BATCH_MAX_MESSAGES", "40"), ("BATCH_MODE", "fixed")])
+        .deploy(
+            &env,
+            &[
+                ("BATCH_MAX_MESSAGES", "40"),
+                ("BATCH_MODE", "fixed"),
+                // The mixed cases' oversize message is over this limit.
+                ("MAX_MESSAGE_BYTES", "4096"),
+            ],
+        )
         .await
         .unwrap();
     let cases = mixed(200);
