@@ -4,7 +4,8 @@
 #   scripts/setup.sh services     Debian's rabbitmq-server, redis-server and redis-tools
 #   scripts/setup.sh rust         the rustfmt and clippy components
 #   scripts/setup.sh cargo-tools  cargo-deny, pinned (CARGO_DENY_VERSION below)
-#   scripts/setup.sh python       the project virtualenv (.venv) with scripts/requirements-tools.txt
+#   scripts/setup.sh python       the project virtualenv (.venv) with scripts/requirements-tools.txt,
+#                                 every dependency pinned by scripts/constraints-tools.txt
 #   scripts/setup.sh kubectl      checks kubectl (kustomize); it cannot be installed from here
 # A tool that cannot be installed automatically gets one line naming it and how to get it.
 set -euo pipefail
@@ -18,6 +19,13 @@ say() { echo "setup: $*"; }
 die() {
   echo "setup: $*" >&2
   exit 1
+}
+# CI shows only what a run printed, so a failed step prints the end of its log before dying.
+die_with_log() { # log message...
+  local log=$1
+  shift
+  [[ -f $log ]] && tail -n 15 "$log" | sed "s|^|setup: ${log##*/}: |" >&2
+  die "$@"
 }
 
 # apt-get as root, or through passwordless sudo; otherwise say what to run.
@@ -38,7 +46,7 @@ apt_install() { # package...
   {
     "${sudo[@]}" apt-get update -qq &&
       "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@"
-  } >"$LOG_DIR/apt.log" 2>&1 || die "apt-get install $* failed; see $LOG_DIR/apt.log"
+  } >"$LOG_DIR/apt.log" 2>&1 || die_with_log "$LOG_DIR/apt.log" "apt-get install $* failed; see $LOG_DIR/apt.log"
 }
 
 services() {
@@ -69,13 +77,15 @@ cargo_tools() {
   say "installing cargo-deny $CARGO_DENY_VERSION (cargo install --locked; a few minutes, once per machine)"
   cargo install --locked --force --quiet cargo-deny --version "$CARGO_DENY_VERSION" \
     >"$LOG_DIR/cargo-deny.log" 2>&1 ||
-    die "could not install cargo-deny $CARGO_DENY_VERSION (see $LOG_DIR/cargo-deny.log); run: cargo install --locked cargo-deny --version $CARGO_DENY_VERSION"
+    die_with_log "$LOG_DIR/cargo-deny.log" "could not install cargo-deny $CARGO_DENY_VERSION (see $LOG_DIR/cargo-deny.log); run: cargo install --locked cargo-deny --version $CARGO_DENY_VERSION"
 }
 
-# The stamp records the requirements it was made from, so an edited list reinstalls.
+# The stamp records the requirements and their pins, so an edited list reinstalls. Every
+# transitive package is pinned (scripts/constraints-tools.txt): a fresh machine gets exactly
+# what was tested, not whatever PyPI published since.
 python() {
-  local stamp=$VENV/.installed req=scripts/requirements-tools.txt
-  [[ -f $stamp ]] && cmp -s "$stamp" "$req" && return 0
+  local stamp=$VENV/.installed req=scripts/requirements-tools.txt pins=scripts/constraints-tools.txt
+  [[ -f $stamp ]] && cmp -s "$stamp" <(cat "$req" "$pins") && return 0
   command -v python3 >/dev/null || die "python3 is missing; install it: sudo apt-get install -y python3 python3-venv"
   if [[ ! -x $VENV/bin/pip ]]; then
     python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
@@ -84,9 +94,17 @@ python() {
   fi
   mkdir -p "$LOG_DIR"
   say "installing the Python tools into $VENV (pika, validators; log: $LOG_DIR/pip.log)"
-  "$VENV/bin/pip" install --disable-pip-version-check -r "$req" >"$LOG_DIR/pip.log" 2>&1 ||
-    die "pip install -r $req failed; see $LOG_DIR/pip.log"
-  cp "$req" "$stamp"
+  local attempt
+  for attempt in 1 2 3; do
+    "$VENV/bin/pip" install --disable-pip-version-check --retries 10 --timeout 60 \
+      -r "$req" -c "$pins" >>"$LOG_DIR/pip.log" 2>&1 && break
+    # A registry hiccup is worth another try; a real failure fails the same way three times.
+    ((attempt < 3)) ||
+      die_with_log "$LOG_DIR/pip.log" "pip install -r $req failed three times; see $LOG_DIR/pip.log"
+    say "pip install failed (attempt $attempt of 3); retrying in $((attempt * 10)) s"
+    sleep $((attempt * 10))
+  done
+  cat "$req" "$pins" >"$stamp"
 }
 
 kubectl_check() {
