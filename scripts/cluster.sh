@@ -148,8 +148,14 @@ EOF
 }
 
 start_node() {
-  pid_of node-agent >/dev/null && { wait_for node-agent 90 node_ok; return 0; }
   local agent=${CARGO_TARGET_DIR:-$root/target}/debug/node-agent
+  # A rebuilt agent replaces the running one; its pods' processes go with it, as on a kubelet
+  # restart without a runtime, and the new agent reports them as it finds them.
+  if pid_of node-agent >/dev/null && [[ ! $agent -nt $run/node-agent.pid ]]; then
+    wait_for node-agent 90 node_ok
+    return 0
+  fi
+  stop node-agent
   write_images
   mkdir -p "$dir/node"
   start node-agent env KUBECONFIG="$dir/node.kubeconfig" NODE_NAME="$node" \
