@@ -114,10 +114,7 @@ impl Cluster {
         }
         let layer = self.root.join("target/cluster/runs").join(&env.prefix);
         std::fs::create_dir_all(&layer)?;
-        std::fs::write(
-            layer.join("kustomization.yaml"),
-            run_layer(env, settings),
-        )?;
+        std::fs::write(layer.join("kustomization.yaml"), run_layer(env, settings))?;
         let layer = layer.display().to_string();
         self.kubectl(&["apply", "-k", &layer]).await?;
         self.kubectl(&[
@@ -158,8 +155,7 @@ impl Cluster {
             "--wait",
         ])
         .await?;
-        self.wait_for_no("pods", "", Duration::from_secs(120))
-            .await
+        self.wait_for_no("pods", "", Duration::from_secs(120)).await
     }
 
     /// Names of the objects of `kind` in the namespace matching `selector` ("" for all).
@@ -196,8 +192,16 @@ impl Cluster {
 
     /// Deletes the dispatcher's pod, as a node drain or `kubectl delete pod` would.
     pub async fn delete_dispatcher_pod(&self) -> Result<()> {
-        self.kubectl(&["-n", NAMESPACE, "delete", "pod", "-l", DISPATCHER, "--wait=false"])
-            .await?;
+        self.kubectl(&[
+            "-n",
+            NAMESPACE,
+            "delete",
+            "pod",
+            "-l",
+            DISPATCHER,
+            "--wait=false",
+        ])
+        .await?;
         Ok(())
     }
 

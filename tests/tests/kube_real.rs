@@ -90,7 +90,11 @@ async fn mixed_messages_and_a_poison_message_run_as_real_jobs_and_are_cleaned_up
         dead["error"].contains("BackoffLimitExceeded"),
         "the reason is the Job's: {dead:?}"
     );
-    assert_eq!(env.stream_len().await.unwrap(), 201, "one entry per message");
+    assert_eq!(
+        env.stream_len().await.unwrap(),
+        201,
+        "one entry per message"
+    );
     cluster.wait_until_clean(CLEAN).await.unwrap();
     cluster.teardown().await.unwrap();
     env.cleanup().await.unwrap();
@@ -102,7 +106,10 @@ async fn a_dispatcher_pod_deleted_mid_run_is_replaced_and_nothing_is_lost() {
     let env = TestEnv::new("real-podkill").await.unwrap();
     cluster.teardown().await.unwrap();
     cluster
-        .deploy(&env, &[("BATCH_MAX_MESSAGES", "20"), ("BATCH_MODE", "fixed")])
+        .deploy(
+            &env,
+            &[("BATCH_MAX_MESSAGES", "20"), ("BATCH_MODE", "fixed")],
+        )
         .await
         .unwrap();
     let (ids, messages) = sleepers("d", 200, 100);
@@ -121,7 +128,10 @@ async fn an_api_server_restarted_mid_run_costs_time_and_nothing_else() {
     let env = TestEnv::new("real-apiserver").await.unwrap();
     cluster.teardown().await.unwrap();
     cluster
-        .deploy(&env, &[("BATCH_MAX_MESSAGES", "20"), ("BATCH_MODE", "fixed")])
+        .deploy(
+            &env,
+            &[("BATCH_MAX_MESSAGES", "20"), ("BATCH_MODE", "fixed")],
+        )
         .await
         .unwrap();
     let (ids, messages) = sleepers("a", 200, 100);
@@ -142,7 +152,10 @@ async fn a_watch_that_expires_during_an_outage_is_relisted_and_nothing_is_lost()
     let env = TestEnv::new("real-expiry").await.unwrap();
     cluster.teardown().await.unwrap();
     cluster
-        .deploy(&env, &[("BATCH_MAX_MESSAGES", "20"), ("BATCH_MODE", "fixed")])
+        .deploy(
+            &env,
+            &[("BATCH_MAX_MESSAGES", "20"), ("BATCH_MODE", "fixed")],
+        )
         .await
         .unwrap();
     let (ids, messages) = sleepers("x", 200, 100);
@@ -202,7 +215,10 @@ async fn the_dispatchers_service_account_can_do_what_it_needs_and_nothing_more()
         assert!(!can(verb, resource, NAMESPACE).await, "{verb} {resource}");
     }
     for verb in ["create", "list"] {
-        assert!(!can(verb, "jobs.batch", "default").await, "{verb} jobs elsewhere");
+        assert!(
+            !can(verb, "jobs.batch", "default").await,
+            "{verb} jobs elsewhere"
+        );
     }
     assert!(!can("list", "nodes", "default").await, "list nodes");
     cluster.teardown().await.unwrap();
