@@ -6,6 +6,7 @@
 
 use crate::TestEnv;
 use anyhow::{Context, Result, bail};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::process::Command;
@@ -13,7 +14,7 @@ use tokio::sync::{Mutex, MutexGuard, OnceCell};
 
 /// The namespace the manifests deploy into.
 pub const NAMESPACE: &str = "sluice";
-/// The dispatcher's ServiceAccount, as the API server names it in `--as`.
+/// The dispatcher's `ServiceAccount`, as the API server names it in `--as`.
 pub const DISPATCHER_SA: &str = "system:serviceaccount:sluice:sluice-dispatcher";
 const DISPATCHER: &str = "app.kubernetes.io/component=dispatcher";
 const RUNNER: &str = "app.kubernetes.io/component=runner";
@@ -103,7 +104,7 @@ impl Cluster {
     }
 
     /// Applies the real manifests (through `tests/cluster`) with this test's queue, key prefix
-    /// and service URLs, plus `settings` for the dispatcher's ConfigMap, and waits until the
+    /// and service URLs, plus `settings` for the dispatcher's `ConfigMap`, and waits until the
     /// dispatcher's pod is ready.
     pub async fn deploy(&self, env: &TestEnv, settings: &[(&str, &str)]) -> Result<()> {
         let credentials = Command::new(self.root.join("scripts/credentials.sh"))
@@ -235,7 +236,7 @@ fn run_layer(env: &TestEnv, settings: &[(&str, &str)]) -> String {
         env.queue, env.prefix
     );
     for (key, value) in settings {
-        data.push_str(&format!("        {key}: {value:?}\n"));
+        let _ = writeln!(data, "        {key}: {value:?}");
     }
     format!(
         "# Written by tests/src/cluster.rs for one test: its queue, prefix and settings.

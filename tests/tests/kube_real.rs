@@ -1,8 +1,8 @@
 //! sluice on a real control plane (scripts/cluster.sh): upstream kube-apiserver,
 //! kube-controller-manager and kube-scheduler over etcd, built from Kubernetes' own Go modules,
 //! with the node agent running pods as local processes. The real manifests are applied
-//! (tests/cluster drops only the RabbitMQ and Redis StatefulSets, for the machine's services),
-//! so the dispatcher runs as a pod under its own ServiceAccount and RBAC in the `restricted`
+//! (tests/cluster drops only the RabbitMQ and Redis `StatefulSets`, for the machine's services),
+//! so the dispatcher runs as a pod under its own `ServiceAccount` and RBAC in the `restricted`
 //! namespace and each batch is a real Job whose pod the real Job controller creates.
 //!
 //! The tests share the one namespace and run one at a time ([`Cluster::get`]).
@@ -173,7 +173,7 @@ async fn a_watch_that_expires_during_an_outage_is_relisted_and_nothing_is_lost()
     env.cleanup().await.unwrap();
 }
 
-/// What the dispatcher's ServiceAccount may do: exactly the Job verbs the code calls, in its
+/// What the dispatcher's `ServiceAccount` may do: exactly the Job verbs the code calls, in its
 /// own namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatchers_service_account_can_do_what_it_needs_and_nothing_more() {
