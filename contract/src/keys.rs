@@ -39,6 +39,12 @@ impl Keys {
         format!("{}:batch:{batch_id}:messages", self.prefix)
     }
 
+    /// `{prefix}:batch:{batch_id}:working`: ids the runner recorded before working on them;
+    /// those still without a result when it dies are the crash's suspects.
+    pub fn batch_working(&self, batch_id: &str) -> String {
+        format!("{}:batch:{batch_id}:working", self.prefix)
+    }
+
     /// `{prefix}:batches:open`: ids of batches staged but not yet finished, for recovery and status.
     pub fn open_batches(&self) -> String {
         format!("{}:batches:open", self.prefix)
@@ -83,6 +89,7 @@ mod tests {
         assert_eq!(k.results_stream(), "p:results");
         assert_eq!(k.batch("b1"), "p:batch:b1");
         assert_eq!(k.batch_messages("b1"), "p:batch:b1:messages");
+        assert_eq!(k.batch_working("b1"), "p:batch:b1:working");
         assert_eq!(k.dead(), "p:dead");
         assert_eq!(k.redrive(), "p:redrive");
         assert_eq!(k.redrive_lock(), "p:redrive:lock");

@@ -8,12 +8,14 @@
 //! - [`envelope`]: the message body producers send, and how a message id is chosen.
 //! - [`staged`]: the frame a delivery is stored as while its batch waits in Redis.
 //! - [`keys`]: every Redis key name.
+//! - [`exit`]: the runner's exit codes, and which of them mean an outage.
 //! - [`record`]: the result record users read back, and batch states.
 //! - [`retry`]: the one retry helper (exponential backoff with jitter, on backon) that every
 //!   reconnect and retry goes through.
 //! - [`runner_env`]: the runner's environment, produced by the dispatcher, read by the runner.
 
 pub mod envelope;
+pub mod exit;
 pub mod keys;
 pub mod record;
 pub mod retry;

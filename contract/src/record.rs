@@ -165,16 +165,21 @@ pub enum BatchState {
     Failed,
     /// It was split into smaller batches to isolate a poison message.
     Split,
+    /// Its Job could not do its work (an outage: the runner could not start, its image could
+    /// not be pulled, its pod was refused or evicted); its messages were staged again, whole,
+    /// as a new batch (`parent` names this one), to be launched after a backoff.
+    Retried,
 }
 
 impl BatchState {
     /// Every state, in life order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Staged,
         Self::Running,
         Self::Succeeded,
         Self::Failed,
         Self::Split,
+        Self::Retried,
     ];
 
     /// The string stored in Redis.
@@ -185,6 +190,7 @@ impl BatchState {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Split => "split",
+            Self::Retried => "retried",
         }
     }
 

@@ -1,5 +1,7 @@
 //! The runner's errors. Each maps to a process exit code the Job controller acts on.
 
+use sluice_contract::exit;
+
 /// Why the runner could not finish its batch.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -9,9 +11,19 @@ pub enum Error {
     /// The configuration was read but is not usable.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-    /// Redis failed, and kept failing through the retry budget.
+    /// Redis failed before the batch started, and kept failing through the retry budget.
     #[error("redis error while {context}: {source}")]
     Redis {
+        /// What the runner was doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Redis was lost while working, through the retry budget. Results written so far stay;
+    /// the batch is retried whole and the next run skips them.
+    #[error("lost redis while working ({context}): {source}")]
+    LostRedis {
         /// What the runner was doing.
         context: &'static str,
         /// The driver's error.
@@ -30,13 +42,24 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The process exit code: 2 for configuration, 3 for a missing batch, 1 for Redis.
-    /// Any non-zero code makes the Job retry (up to its backoff limit).
+    /// The process exit code ([`sluice_contract::exit`]): each of these errors means the runner
+    /// could not do its work, which the dispatcher treats as an outage, never as poison.
     pub fn exit_code(&self) -> u8 {
+        let code = match self {
+            Self::Config(_) | Self::InvalidConfig(_) => exit::CONFIG,
+            Self::BatchNotFound { .. } => exit::NO_BATCH,
+            Self::Redis { .. } => exit::UNAVAILABLE,
+            Self::LostRedis { .. } => exit::TEMPFAIL,
+        };
+        u8::try_from(code).unwrap_or(1)
+    }
+
+    /// The same error, met after the batch started: Redis was lost while working.
+    #[must_use]
+    pub fn while_working(self) -> Self {
         match self {
-            Self::Config(_) | Self::InvalidConfig(_) => 2,
-            Self::BatchNotFound { .. } => 3,
-            Self::Redis { .. } => 1,
+            Self::Redis { context, source } => Self::LostRedis { context, source },
+            other => other,
         }
     }
 

@@ -1,24 +1,63 @@
-//! Running tasks: each message on the rayon pool, panics caught per message.
+//! Running tasks: each message on the rayon pool, in order, only once its id is recorded
+//! ([`Claims`]), panics caught per message.
 
 use crate::batch::Task;
+use crate::claims::Claims;
 use crate::kernel::{self, KernelError};
-use rayon::prelude::*;
 use serde_json::Value;
 use sluice_contract::record::unix_millis;
 use sluice_contract::{ResultRecord, Status};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::Sender;
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-/// Runs every task in parallel, sending each result as soon as it is ready.
-pub fn run_all(tasks: Vec<Task>, batch: &str, test_kernels: bool, results: &Sender<ResultRecord>) {
-    // A closed receiver means the writer gave up and the process will exit non-zero:
-    // stop starting new work rather than compute results nobody will write.
-    let _ = tasks
-        .into_par_iter()
-        .try_for_each_with(results.clone(), |tx, task| {
-            tx.send(run_one(task, batch, test_kernels))
-        });
+/// What the workers tell the writer thread.
+#[derive(Debug)]
+pub enum Event {
+    /// A message's result, to be written.
+    Result(ResultRecord),
+    /// A worker waits for more ids to be recorded as working.
+    Starving,
+}
+
+/// Runs every task on rayon's pool, one worker per pool thread taking tasks in order as
+/// `claims` hands them out, and sends each result as soon as it is ready.
+pub fn run_all(
+    tasks: Vec<Task>,
+    claims: &Claims,
+    batch: &str,
+    test_kernels: bool,
+    events: &Sender<Event>,
+) {
+    let slots: Vec<Mutex<Option<Task>>> = tasks.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    let slots = &slots;
+    rayon::scope(|scope| {
+        for _ in 0..rayon::current_num_threads() {
+            let events = events.clone();
+            scope.spawn(move |_| {
+                let starving = || {
+                    let _ = events.send(Event::Starving);
+                };
+                while let Some(index) = claims.next(starving) {
+                    let task = slots[index]
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take();
+                    let Some(task) = task else { continue };
+                    // A closed receiver means the writer gave up and the process will exit
+                    // non-zero: stop starting new work rather than compute results nobody writes.
+                    if events
+                        .send(Event::Result(run_one(task, batch, test_kernels)))
+                        .is_err()
+                    {
+                        claims.close();
+                        return;
+                    }
+                }
+            });
+        }
+    });
 }
 
 /// Runs one task into its result record. Never panics.

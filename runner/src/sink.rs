@@ -75,6 +75,11 @@ impl<'a> ResultSink<'a> {
         Ok(())
     }
 
+    /// The connection and key layout, for other writes between chunks (the claims).
+    pub fn store(&mut self) -> (&mut Store, &Keys) {
+        (self.store, self.keys)
+    }
+
     /// Whether results are waiting to be written.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()

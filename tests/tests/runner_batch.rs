@@ -105,6 +105,18 @@ async fn runner_writes_ok_and_error_results_and_skips_finished_ids() {
         ("succeeded", "2", "2")
     );
     assert_eq!(env.stream_len().await.unwrap(), 4);
+    // The run is recorded, and every message it worked on was recorded before it was started:
+    // what names a crash's suspects.
+    assert_eq!(batch["runs"], "1");
+    let working: std::collections::BTreeSet<String> =
+        redis::AsyncCommands::smembers(&mut con, format!("{}:batch:b1:working", env.prefix))
+            .await
+            .unwrap();
+    let expected: std::collections::BTreeSet<String> = ["sum", "echo", "bad-json", "panics"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(working, expected, "the skipped message was never worked on");
     env.cleanup().await.unwrap();
 }
 
@@ -176,14 +188,39 @@ async fn racing_runners_write_each_result_once() {
 }
 
 #[tokio::test]
-async fn a_missing_batch_is_a_non_zero_exit() {
+async fn a_missing_batch_exits_with_the_no_batch_code() {
     let env = TestEnv::new("missing").await.unwrap();
     let config = runner_config(&env, "never-staged");
     let err = tokio::task::spawn_blocking(move || sluice_runner::run(&config))
         .await
         .unwrap()
         .unwrap_err();
-    assert_eq!(err.exit_code(), 3);
+    assert_eq!(i32::from(err.exit_code()), sluice_contract::exit::NO_BATCH);
+    assert!(sluice_contract::exit::is_outage(i32::from(err.exit_code())));
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_runner_that_cannot_reach_redis_exits_as_unavailable_and_records_nothing() {
+    let env = TestEnv::new("unreachable").await.unwrap();
+    let mut config = runner_config(&env, "b1");
+    // A port nothing listens on (a closed listener's), and a short retry budget.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    config.redis_url = format!("redis://127.0.0.1:{port}/");
+    config.redis_retry = std::time::Duration::from_millis(300);
+    let err = tokio::task::spawn_blocking(move || sluice_runner::run(&config))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        i32::from(err.exit_code()),
+        sluice_contract::exit::UNAVAILABLE,
+        "{err}"
+    );
     env.cleanup().await.unwrap();
 }
 

@@ -49,7 +49,7 @@ pub fn run(name: &str, input: Value, test_kernels: bool) -> Result<Value, Kernel
         "pow" => pow::run(input),
         "primes" => primes::run(input),
         "echo" => Ok(echo::run(input)),
-        "crash" | "panic" | "sleep" if test_kernels => test_kernel(name, input),
+        "crash" | "panic" | "sleep" | "bug" if test_kernels => test_kernel(name, input),
         other => Err(unknown(other)),
     }
 }
@@ -109,7 +109,7 @@ mod tests {
     #[cfg(not(feature = "test-kernels"))]
     #[test]
     fn without_the_feature_test_kernels_are_unknown_even_when_enabled() {
-        for name in ["crash", "panic", "sleep"] {
+        for name in ["crash", "panic", "sleep", "bug"] {
             assert_eq!(
                 run(name, json!({"ms": 0}), true),
                 Err(KernelError::Unknown(name.into()))

@@ -1,7 +1,9 @@
 //! Test kernels, compiled in only with the `test-kernels` feature and enabled only by
 //! `SLUICE_TEST_KERNELS=1`: they simulate the failures sluice must survive. `crash` aborts the
 //! whole process (as a segfault or an OOM kill would), `panic` panics inside the kernel, `sleep`
-//! holds a worker for `{"ms": u64}`.
+//! holds a worker for `{"ms": u64}`, and `bug` echoes its input unless the runner runs with
+//! `SLUICE_TEST_BUG=1`, when it aborts like `crash`: a runner bug that a later build fixes
+//! (the redrive suite).
 //!
 //! `scripts/image-check.sh` fails if the image's runner contains [`PANIC_MESSAGE`]: it is the
 //! evidence that this module was compiled in.
@@ -25,6 +27,10 @@ pub fn run(name: &str, input: Value) -> Result<Value, KernelError> {
     match name {
         "crash" => std::process::abort(),
         "panic" => panic!("{PANIC_MESSAGE}"),
+        "bug" if std::env::var_os("SLUICE_TEST_BUG").is_some_and(|v| v == "1") => {
+            std::process::abort()
+        }
+        "bug" => Ok(input),
         _ => {
             let SleepInput { ms } = parse_input("sleep", input)?;
             std::thread::sleep(Duration::from_millis(ms));
