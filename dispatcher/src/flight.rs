@@ -1,7 +1,9 @@
-//! Jobs in flight: the `MAX_JOBS_IN_FLIGHT` cap, launching staged batches, and recording each
-//! Job's outcome — including relaunching the two halves of a batch split to isolate a poison
-//! message.
+//! Jobs in flight: the `MAX_JOBS_IN_FLIGHT` cap, launching staged batches through the circuit
+//! breaker, and recording each Job's outcome — including relaunching the batches a failed one
+//! was replaced by: the halves of a split that isolates a poison message at once, a batch
+//! retried whole after an outage once its backoff has passed.
 
+use crate::breaker::Breaker;
 use crate::config::Config;
 use crate::error::Result;
 use crate::job;
@@ -32,6 +34,7 @@ struct Inner {
     jobs: TaskTracker,
     metrics: Arc<Metrics>,
     sizer: Arc<Sizer>,
+    breaker: Arc<Breaker>,
     /// Cancelled when the shutdown grace runs out: stop waiting for Jobs.
     abandon: CancellationToken,
 }
@@ -47,7 +50,9 @@ impl Flight {
         abandon: CancellationToken,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(config.batching.max_jobs_in_flight));
+        let breaker = Arc::new(Breaker::new(&config.outages, Arc::clone(&metrics)));
         let inner = Inner {
+            breaker,
             config,
             stager,
             launcher,
@@ -67,6 +72,11 @@ impl Flight {
         self.inner.launcher.as_ref()
     }
 
+    /// The circuit breaker every launch passes.
+    pub fn breaker(&self) -> &Breaker {
+        &self.inner.breaker
+    }
+
     /// Waits for a free slot under the cap; `None` once `stop` is cancelled.
     pub async fn slot(&self, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
         tokio::select! {
@@ -75,17 +85,22 @@ impl Flight {
         }
     }
 
-    /// Launches the Job of a staged batch and tracks it until its outcome is recorded.
+    /// Launches the Job of a staged batch and tracks it until its outcome is recorded. The
+    /// caller has passed the breaker ([`Breaker::admit`]).
     pub async fn launch(&self, batch_id: &str, permit: OwnedSemaphorePermit) -> Result<()> {
         let inner = &self.inner;
         let job = job::build(&inner.config, batch_id);
-        inner
-            .stager
-            .set_state(batch_id, BatchState::Running)
-            .await?;
-        let running = match inner.launcher.launch(&job).await {
+        let launched = async {
+            inner
+                .stager
+                .set_state(batch_id, BatchState::Running)
+                .await?;
+            inner.launcher.launch(&job).await
+        };
+        let running = match launched.await {
             Ok(running) => running,
             Err(e) => {
+                inner.breaker.probe_not_launched();
                 // Back to staged: an open batch is tried again on the next start.
                 inner.stager.set_state(batch_id, BatchState::Staged).await?;
                 return Err(e);
@@ -109,8 +124,8 @@ impl Flight {
         drop(timer);
         let label = match &outcome {
             Outcome::Succeeded => "succeeded",
-            Outcome::Failed { reason } => {
-                tracing::warn!(batch = %batch_id, %reason, "job failed");
+            Outcome::Failed { reason, cause } => {
+                tracing::warn!(batch = %batch_id, %reason, ?cause, "job failed");
                 "failed"
             }
             Outcome::Abandoned => return inner.metrics.batch_ended("abandoned"),
@@ -145,9 +160,28 @@ impl Flight {
                 .sizer
                 .observe(messages, Duration::from_micros(work_us), lasted);
         }
+        if settled.reached_work() {
+            inner.breaker.healthy();
+        }
         match settled {
             Settled::Closed { dead } => {
                 inner.metrics.dead_letters.inc_by(dead as u64);
+            }
+            Settled::Retry { child, reason } => {
+                let delay = inner.breaker.outage(&reason);
+                drop(permit);
+                tracing::warn!(batch = %batch_id, retry = %child, ?delay, %reason, "the job could not do its work; retrying its messages whole after a delay");
+                // On abandon the batch stays staged and the next start launches it.
+                let waited = tokio::select! {
+                    () = inner.abandon.cancelled() => false,
+                    () = tokio::time::sleep(delay) => true,
+                };
+                if waited
+                    && inner.breaker.admit(&inner.abandon).await
+                    && let Some(slot) = self.slot(&inner.abandon).await
+                {
+                    self.relaunch(child, slot).await?;
+                }
             }
             Settled::Split { children } => {
                 // Free this Job's slot first: with a cap of one, the halves need it.
@@ -155,6 +189,9 @@ impl Flight {
                 tracing::info!(batch = %batch_id, ?children, "split a failed batch to isolate its poison message");
                 for child in children {
                     // On abandon the half stays staged and the next start launches it.
+                    if !inner.breaker.admit(&inner.abandon).await {
+                        break;
+                    }
                     let Some(slot) = self.slot(&inner.abandon).await else {
                         break;
                     };

@@ -10,6 +10,8 @@ use std::sync::{Mutex, PoisonError};
 pub const CONSUMER: &str = "consumer";
 /// The kube launcher's Job watch is down (its outcomes may arrive late).
 pub const JOB_WATCH: &str = "job-watch";
+/// Runners keep failing to do their work; launches are held back ([`crate::breaker`]).
+pub const RUNNER: &str = "runner";
 
 /// What stops the dispatcher from being ready, by part.
 #[derive(Debug)]

@@ -13,8 +13,11 @@
 //! - [`launcher`]: starts the Job (`local`: a child process; `kube`: a Job in the cluster, its
 //!   outcome from a supervised watch of the cluster's Jobs) and reports its outcome.
 //! - [`flight`]: the in-flight cap; follows each Job to its outcome.
-//! - [`settle`]: records the outcome; splits a failed batch to isolate its poison message,
-//!   dead-letters a message that fails alone.
+//! - [`settle`]: records the outcome; tells an outage (retried whole, later) from a crash
+//!   while working (its suspects split to isolate the poison message, which is dead-lettered
+//!   once it fails alone).
+//! - [`breaker`]: backoff for outages; after several in a row, holds launches and consumption
+//!   back and probes with one Job at a time until runners work again.
 //! - [`serve`]: the loop tying these together, recovery of open batches, graceful shutdown.
 //!
 //! Around them: [`config`] (environment), [`error`], [`health`] (readiness with reasons),
@@ -26,6 +29,7 @@
 pub mod amqp;
 pub mod backlog;
 pub mod batcher;
+pub mod breaker;
 pub mod config;
 pub mod consumer;
 pub mod error;

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub dead_letters: Counter,
     /// Errors, by kind.
     pub errors: Family<Labels, Counter>,
+    /// Jobs that could not do their work (outages), their batches retried whole.
+    pub outages: Counter,
+    /// 1 while runners work, 0 while the circuit breaker holds launches back.
+    pub runner_healthy: Gauge,
     health: Arc<Health>,
 }
 
@@ -50,6 +54,8 @@ impl Metrics {
             job_duration: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
             dead_letters: Counter::default(),
             errors: Family::default(),
+            outages: Counter::default(),
+            runner_healthy: Gauge::default(),
             health: Arc::default(),
             registry: Registry::default(),
         };
@@ -76,6 +82,17 @@ impl Metrics {
             m.dead_letters.clone(),
         );
         registry.register("errors", "Errors, by kind", m.errors.clone());
+        registry.register(
+            "outages",
+            "Jobs that could not do their work (image, configuration, Redis, cluster), retried whole",
+            m.outages.clone(),
+        );
+        registry.register(
+            "runner_healthy",
+            "1 while runners work, 0 while launches are held back after repeated outages",
+            m.runner_healthy.clone(),
+        );
+        m.runner_healthy.set(1);
         Self { registry, ..m }
     }
 

@@ -1,4 +1,5 @@
-//! `dispatcher serve`: consume, batch, stage, launch, ack; record outcomes; stop gracefully.
+//! `dispatcher serve`: consume, batch, stage, launch, ack; record outcomes; stop gracefully;
+//! pause consumption while the circuit breaker holds launches back.
 //!
 //! The order per batch is what makes the hand-off safe: a permit from the in-flight cap is
 //! taken first (so a burst waits in RabbitMQ), then the batch is staged in Redis, then its Job
@@ -114,6 +115,9 @@ impl Dispatcher {
             };
             match self.stager.batch_info(&batch_id).await? {
                 Some((_, Some(BatchState::Staged | BatchState::Running))) => {
+                    if !self.flight.breaker().admit(shutdown).await {
+                        break;
+                    }
                     tracing::info!(batch = %batch_id, "relaunching a batch left open by an earlier run");
                     self.flight.launch(&batch_id, permit).await?;
                     launched += 1;
@@ -158,10 +162,14 @@ impl Dispatcher {
                 Err(e) => Err(e),
             };
             let reason = match &outcome {
-                Ok(()) => "shutting down".to_owned(),
+                Ok(()) if shutdown.is_cancelled() => "shutting down".to_owned(),
+                Ok(()) => "paused while runners are unhealthy (see runner)".to_owned(),
                 Err(e) => format!("consumer stopped: {e}"),
             };
             self.metrics.health().block(health::CONSUMER, reason);
+            if outcome.is_ok() && !self.flight.breaker().closed(shutdown).await {
+                break;
+            }
             if let Err(e) = outcome {
                 self.metrics.error(e.metric_label());
                 // RECONNECT has neither budget nor retry limit: its schedule never runs out.
@@ -194,7 +202,13 @@ impl Dispatcher {
         };
         let mut batcher = Batcher::new(limits);
         let mut deliveries = Backlog::new(stream.map(|d| d.map(|d| Pending::new(d, max_bytes))));
+        let breaker = self.flight.breaker();
         let result = loop {
+            if breaker.is_open() {
+                // Deliveries not yet staged go back to the queue as the session closes.
+                tracing::info!("pausing consumption while runners are unhealthy");
+                break Ok(());
+            }
             if batcher.is_empty() && self.config.batching.batch_mode == BatchMode::Adaptive {
                 // The backlog: what the broker still holds plus what it already pushed to us.
                 match consumer.depth(&self.config.broker.queue).await {
@@ -207,6 +221,7 @@ impl Dispatcher {
             }
             let next = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
+                () = breaker.until_open(true) => continue,
                 // Cancellation-safe: received items stay in the batcher.
                 next = batcher.next_batch(&mut deliveries) => next,
             };
@@ -219,6 +234,9 @@ impl Dispatcher {
                 }
                 Next::Failed(reason) => break Err(Error::ConsumerClosed { reason }),
             };
+            if !breaker.admit(shutdown).await {
+                break Ok(());
+            }
             let Some(permit) = self.flight.slot(shutdown).await else {
                 break Ok(());
             };

@@ -122,7 +122,8 @@ impl Stager {
                 ],
             )
             .srem(self.keys.open_batches(), batch_id)
-            .del(self.keys.batch_messages(batch_id));
+            .del(self.keys.batch_messages(batch_id))
+            .del(self.keys.batch_working(batch_id));
         if let Some(reason) = reason {
             pipe.hset(&batch, "reason", reason);
         }
@@ -132,12 +133,14 @@ impl Stager {
         self.exec("closing a batch", pipe.ignore()).await
     }
 
-    /// Replaces a failed batch by the given halves in one transaction: each half is staged
-    /// (with `parent` naming the batch it came from) and the failed batch is closed as `split`,
-    /// so a crash never leaves both or neither.
-    pub async fn split(
+    /// Replaces a failed batch by new batches in one transaction: each is staged (with
+    /// `parent` naming the batch it came from) and the failed batch is closed as `state`
+    /// (`split` to isolate a poison message, `retried` after an outage), so a crash never
+    /// leaves both or neither.
+    pub async fn replace(
         &self,
         parent: &str,
+        state: BatchState,
         reason: &str,
         children: &[(String, Vec<Vec<u8>>)],
     ) -> Result<()> {
@@ -164,13 +167,14 @@ impl Stager {
         pipe.hset_multiple(
             &batch,
             &[
-                ("state", BatchState::Split.as_str()),
+                ("state", state.as_str()),
                 ("finished_at", now.as_str()),
                 ("reason", reason),
             ],
         )
         .srem(self.keys.open_batches(), parent)
-        .del(self.keys.batch_messages(parent));
+        .del(self.keys.batch_messages(parent))
+        .del(self.keys.batch_working(parent));
         if self.ttl_seconds > 0 {
             pipe.expire(&batch, i64::try_from(self.ttl_seconds).unwrap_or(i64::MAX));
         }
@@ -219,6 +223,22 @@ impl Stager {
                     .arg(&fields[..])
                     .query_async(&mut con)
                     .await
+            }
+        })
+        .await
+    }
+
+    /// What the runners recorded of a batch: how many runs reached it, and the ids they
+    /// recorded as working (see the runner's `claims`).
+    pub async fn attribution(&self, batch_id: &str) -> Result<(u64, Vec<String>)> {
+        let (batch, working) = (self.keys.batch(batch_id), self.keys.batch_working(batch_id));
+        self.retry("reading what the runner recorded", move |mut con| {
+            let mut pipe = redis::pipe();
+            pipe.hget(&batch, "runs").smembers(&working);
+            async move {
+                let (runs, working): (Option<u64>, Vec<String>) =
+                    pipe.query_async(&mut con).await?;
+                Ok((runs.unwrap_or(0), working))
             }
         })
         .await

@@ -8,24 +8,15 @@ use redis::AsyncCommands;
 use serde_json::json;
 use sluice_contract::record::{ResultWrite, WRITE_RESULTS_LUA, unix_millis};
 use sluice_contract::{Keys, ResultRecord, Status};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// Where the buggy runner finds `redis-cli` (runners get no `PATH`).
-const REDIS_CLI: &str = "/usr/bin/redis-cli";
-
-/// Writes a `RUNNER_BIN` for `env` standing for a runner build with a bug: it dies of SIGSEGV
-/// on any batch holding a message that mentions "tricky", and runs the real runner otherwise.
+/// Writes a `RUNNER_BIN` for `env` standing for a runner build with a bug: the real runner
+/// with `SLUICE_TEST_BUG=1`, so the test kernel `bug` aborts the process while working on a
+/// message (as a segfault would) instead of echoing it, as it does in the "fixed" build.
 pub fn buggy_runner(env: &TestEnv) -> Result<PathBuf> {
-    if !Path::new(REDIS_CLI).is_file() {
-        bail!("the buggy runner needs {REDIS_CLI}: run `scripts/setup.sh services`");
-    }
     let script = std::env::temp_dir().join(format!("{}-buggy-runner.sh", env.prefix));
     let text = format!(
-        "#!/bin/sh\n\
-         if {REDIS_CLI} -u \"$REDIS_URL\" LRANGE \"$KEY_PREFIX:batch:$BATCH_ID:messages\" 0 -1 | /usr/bin/grep -q tricky; then\n\
-         \x20 kill -SEGV $$\n\
-         fi\n\
-         exec '{}'\n",
+        "#!/bin/sh\nSLUICE_TEST_BUG=1 exec '{}'\n",
         binary("runner").display()
     );
     crate::write_script(&script, &text)?;

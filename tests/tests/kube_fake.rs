@@ -257,8 +257,8 @@ async fn a_job_deleted_while_the_watch_is_down_is_settled_after_the_410_relist()
     );
     assert_eq!(
         stats.creates.len(),
-        3,
-        "the deleted batch settled once, as failed, and its halves ran: {stats:?}"
+        2,
+        "the deleted batch settled once, as an outage, and was retried whole (never split): {stats:?}"
     );
     for id in &ids {
         let result = env.result(id).await.unwrap();

@@ -4,7 +4,7 @@
 // A test fails by panicking: unwrap is the assertion.
 #![allow(clippy::unwrap_used)]
 
-use sluice_dispatcher::launcher::{self, Launcher, Outcome};
+use sluice_dispatcher::launcher::{self, Cause, Launcher, Outcome};
 use sluice_dispatcher::{Config, job};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,14 +130,36 @@ async fn a_failing_run_is_retried_up_to_the_backoff_limit() {
         .await;
     assert_eq!(
         outcome,
-        Outcome::Failed {
-            reason: "BackoffLimitExceeded: exit code 7".into()
-        }
+        Outcome::failed(Cause::Crash, "BackoffLimitExceeded: exit code 7")
     );
     assert_eq!(
         fx.read("attempts").lines().count(),
         2,
         "backoffLimit 1 means two attempts"
+    );
+}
+
+#[tokio::test]
+async fn a_runner_that_cannot_do_its_work_fails_the_job_at_once_as_an_outage() {
+    let fx = Fixture::new("outage-code");
+    let runner = fx.runner("echo x >> \"$DIR/attempts\"\nexit 69");
+    let (config, launcher, _) = local_launcher(&runner, &[("JOB_BACKOFF_LIMIT", "3")]).await;
+    let outcome = launcher
+        .launch(&job::build(&config, "b"))
+        .await
+        .unwrap()
+        .await;
+    assert_eq!(
+        outcome,
+        Outcome::failed(
+            Cause::Outage,
+            "PodFailurePolicy: the runner could not do its work: exit code 69"
+        )
+    );
+    assert_eq!(
+        fx.read("attempts").lines().count(),
+        1,
+        "no retry spent on an outage"
     );
 }
 
@@ -152,7 +174,7 @@ async fn a_run_past_the_deadline_is_killed() {
         .unwrap()
         .await;
     assert!(
-        matches!(&outcome, Outcome::Failed { reason } if reason.starts_with("DeadlineExceeded")),
+        matches!(&outcome, Outcome::Failed { reason, cause: Cause::Crash } if reason.starts_with("DeadlineExceeded")),
         "{outcome:?}"
     );
     let pid = fx.read("pid").trim().to_owned();

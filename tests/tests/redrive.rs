@@ -1,8 +1,7 @@
 //! `dispatcher redrive`: dead letters back on the queue, each exactly once.
 //!
-//! Real dead letters come from a runner build with a bug: it dies of SIGSEGV on any batch
-//! holding a message whose input says "tricky", so bisection isolates and dead-letters those
-//! messages. The bug is then "fixed" (the dispatcher runs the real runner) and the dead letters
+//! Real dead letters come from a runner build with a bug: it aborts while working on a
+//! "tricky" message (the test kernel `bug`), so poison isolation dead-letters those messages. The bug is then "fixed" (the dispatcher runs the real runner) and the dead letters
 //! are redriven, as a user would after deploying a fixed runner image.
 // A test fails by panicking: unwrap is the assertion.
 #![allow(clippy::unwrap_used)]
@@ -17,8 +16,14 @@ use std::process::Output;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// An echo message; "tricky" ones go to the test kernel `bug`, which the buggy runner dies on.
 fn echo(id: &str) -> Outgoing {
-    Outgoing::json(&json!({"id": id, "kernel": "echo", "input": id}))
+    let kernel = if id.starts_with("tricky") {
+        "bug"
+    } else {
+        "echo"
+    };
+    Outgoing::json(&json!({"id": id, "kernel": kernel, "input": id}))
 }
 
 /// Publishes `ids` (echo messages, in batches of `batch_size`) to a dispatcher running the
@@ -97,7 +102,7 @@ async fn a_message_killed_by_a_since_fixed_runner_bug_is_redriven_by_id_once_and
     let listed: Vec<&str> = plan.selected.iter().map(|c| c.letter.id.as_str()).collect();
     assert_eq!((listed, plan.would_publish()), (vec!["tricky-1"], 1));
     assert!(
-        plan.selected[0].letter.reason.contains("signal 11"),
+        plan.selected[0].letter.reason.contains("signal 6"),
         "{plan:?}"
     );
     assert_eq!(env.dead_list().await.unwrap(), before);

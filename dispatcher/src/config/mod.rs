@@ -8,6 +8,7 @@
 //! - [`job`]: the Job (template, image, resources, retries, deadline, TTL) and the API server,
 //!   with [`job_template`] reading and checking the template users own;
 //! - [`local`]: the local launcher;
+//! - [`outages`]: retrying Jobs that could not do their work, and the circuit breaker;
 //!
 //! and, here, what the service itself needs: which launcher, the metrics address, the shutdown
 //! grace and the test failpoint.
@@ -17,6 +18,7 @@ pub mod broker;
 pub mod job;
 pub mod job_template;
 pub mod local;
+pub mod outages;
 pub mod redis;
 
 use crate::error::{Error, Result};
@@ -29,6 +31,7 @@ pub use batching::Batching;
 pub use broker::Broker;
 pub use job::JobSettings;
 pub use local::LocalSettings;
+pub use outages::Outages;
 pub use redis::Redis;
 
 /// Which launcher turns a batch's Job into running work.
@@ -54,6 +57,8 @@ pub struct Config {
     pub job: JobSettings,
     /// The local launcher.
     pub local: LocalSettings,
+    /// Outages and the circuit breaker.
+    pub outages: Outages,
     /// The service itself.
     pub service: Service,
 }
@@ -109,6 +114,7 @@ impl Config {
             batching: envy::from_iter(read()).map_err(Error::Config)?,
             job: envy::from_iter(read()).map_err(Error::Config)?,
             local: envy::from_iter(read()).map_err(Error::Config)?,
+            outages: envy::from_iter(read()).map_err(Error::Config)?,
             service: envy::from_iter(read()).map_err(Error::Config)?,
         };
         config.validate()?;
@@ -126,6 +132,12 @@ impl Config {
             "BATCH_MAX_BYTES must be at least 1"
         } else if !batching.target_job_seconds.is_finite() || batching.target_job_seconds <= 0.0 {
             "TARGET_JOB_SECONDS must be a positive number of seconds"
+        } else if self.outages.outage_threshold == 0 {
+            "OUTAGE_THRESHOLD must be at least 1"
+        } else if !(self.outages.outage_retry_seconds.is_finite()
+            && self.outages.outage_retry_max_seconds.is_finite())
+        {
+            "OUTAGE_RETRY_SECONDS and OUTAGE_RETRY_MAX_SECONDS must be numbers of seconds"
         } else if batching.max_jobs_in_flight == 0 {
             "MAX_JOBS_IN_FLIGHT must be at least 1"
         } else if self.broker.queue.is_empty() || self.redis.key_prefix.is_empty() {

@@ -15,13 +15,15 @@ pub mod security;
 
 use crate::config::{Config, cpu_threads};
 use k8s_openapi::api::batch::v1::{
-    Job, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+    Job, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, PodSpec, ResourceRequirements, SecretKeySelector,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use sluice_contract::exit;
 use sluice_contract::runner_env::{RAYON_NUM_THREADS, REDIS_URL};
 use std::collections::BTreeMap;
 
@@ -79,7 +81,7 @@ pub fn build(config: &Config, batch_id: &str) -> Job {
     spec.active_deadline_seconds = Some(i64::from(config.job.job_deadline_seconds));
     spec.ttl_seconds_after_finished =
         Some(i32::try_from(config.job.job_ttl_seconds).unwrap_or(i32::MAX));
-    spec.pod_failure_policy = Some(ignore_disruptions());
+    spec.pod_failure_policy = Some(failure_policy(&runner_name(&spec.template)));
     spec.suspend = config.job.kueue_queue.as_ref().map(|_| true);
     let pod_meta = spec
         .template
@@ -102,6 +104,17 @@ pub fn build(config: &Config, batch_id: &str) -> Job {
         spec: Some(spec),
         status: None,
     }
+}
+
+/// The runner container's name: the template's first container's, or [`CONTAINER`].
+fn runner_name(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> String {
+    template
+        .spec
+        .as_ref()
+        .and_then(|pod| pod.containers.first())
+        .map(|c| c.name.clone())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| CONTAINER.to_owned())
 }
 
 /// The template's labels with sluice's on top (sluice's selectors must match).
@@ -203,17 +216,31 @@ fn resources(config: &Config) -> ResourceRequirements {
 }
 
 /// Evictions, preemptions and node drains are not the batch's fault: they must not use up the
-/// backoff limit that exists to stop poison messages.
-fn ignore_disruptions() -> PodFailurePolicy {
+/// backoff limit that exists to stop poison messages. A runner that exits with an outage code
+/// (it could not do its work: configuration, Redis) fails the Job at once, with the code in
+/// the condition's message, so the dispatcher retries the batch whole, later, instead of
+/// spending the backoff limit on a broken deployment.
+fn failure_policy(container: &str) -> PodFailurePolicy {
     PodFailurePolicy {
-        rules: vec![PodFailurePolicyRule {
-            action: "Ignore".into(),
-            on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
-                type_: "DisruptionTarget".into(),
-                status: "True".into(),
-            }]),
-            ..Default::default()
-        }],
+        rules: vec![
+            PodFailurePolicyRule {
+                action: "Ignore".into(),
+                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                    type_: "DisruptionTarget".into(),
+                    status: "True".into(),
+                }]),
+                ..Default::default()
+            },
+            PodFailurePolicyRule {
+                action: "FailJob".into(),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: Some(container.to_owned()),
+                    operator: "In".into(),
+                    values: exit::OUTAGE_CODES.to_vec(),
+                }),
+                ..Default::default()
+            },
+        ],
     }
 }
 

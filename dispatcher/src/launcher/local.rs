@@ -3,9 +3,10 @@
 //! It behaves like the Job controller where it matters: the process gets exactly the
 //! container's environment (Secret references resolved from the dispatcher's own settings,
 //! plus the `SLUICE_TEST_KERNELS` pass-through), a failed run is retried up to `backoffLimit`,
+//! a runner that exits with an outage code fails the Job at once (the Job's `FailJob` rule),
 //! and the whole Job is killed once `activeDeadlineSeconds` have passed.
 
-use super::interface::{Launcher, Outcome, Running};
+use super::interface::{Cause, Launcher, Outcome, Running};
 use crate::error::{Error, Result};
 use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
@@ -89,7 +90,7 @@ impl LocalLauncher {
                 // Cancellation-safe: dropping the attempts kills the child (kill_on_drop).
                 () = abandon.cancelled() => Outcome::Abandoned,
                 outcome = tokio::time::timeout(spec.deadline, attempts) => outcome.unwrap_or_else(|_| {
-                    Outcome::Failed { reason: format!("DeadlineExceeded: still running after {}s", spec.deadline.as_secs()) }
+                    Outcome::failed(Cause::Crash, format!("DeadlineExceeded: still running after {}s", spec.deadline.as_secs()))
                 }),
             }
         }))
@@ -178,7 +179,15 @@ const RERUN: Policy = Policy::new(
     None,
 );
 
+/// Why one run failed.
+#[derive(Debug)]
+struct RunFailure {
+    reason: String,
+    cause: Cause,
+}
+
 /// Runs up to `spec.attempts` times; each retry waits a little longer, like the Job controller.
+/// A run that could not do its work ends the Job at once, as the Job's `FailJob` rule does.
 async fn run_attempts(command: Command, spec: &RunSpec, startup_delay: Duration) -> Outcome {
     // Each attempt's future spawns from the one command; the lock is held only to spawn.
     let command = &Mutex::new(command);
@@ -194,44 +203,65 @@ async fn run_attempts(command: Command, spec: &RunSpec, startup_delay: Duration)
                 .unwrap_or_else(PoisonError::into_inner)
                 .spawn();
             let outcome = run_to_exit(spawned).await;
-            if let Err(reason) = &outcome {
-                tracing::warn!(job = %spec.name, attempt, attempts = spec.attempts, %reason, "runner failed");
+            if let Err(failure) = &outcome {
+                tracing::warn!(job = %spec.name, attempt, attempts = spec.attempts, reason = %failure.reason, "runner failed");
             }
             outcome
         }
     };
-    // Every failure is worth another run, as for the Job controller: the limit is the retries.
     let policy = RERUN.with_max_retries(spec.attempts.saturating_sub(1) as usize);
-    match retry_async(policy, run, |_| true, |_, _| {}, tokio::time::sleep).await {
+    let crashed = |f: &RunFailure| f.cause == Cause::Crash;
+    match retry_async(policy, run, crashed, |_, _| {}, tokio::time::sleep).await {
         Ok(()) => Outcome::Succeeded,
-        Err(last) => Outcome::Failed {
-            reason: format!("BackoffLimitExceeded: {last}"),
-        },
+        Err(last) if last.cause == Cause::Outage => {
+            Outcome::failed(Cause::Outage, format!("PodFailurePolicy: {}", last.reason))
+        }
+        Err(last) => Outcome::failed(
+            Cause::Crash,
+            format!("BackoffLimitExceeded: {}", last.reason),
+        ),
     }
 }
 
 /// Waits for one run of the runner: `Ok` on exit code 0, else why it failed.
-async fn run_to_exit(spawned: std::io::Result<Child>) -> std::result::Result<(), String> {
+async fn run_to_exit(spawned: std::io::Result<Child>) -> std::result::Result<(), RunFailure> {
+    let outage = |reason: String| RunFailure {
+        reason,
+        cause: Cause::Outage,
+    };
     match spawned {
         Ok(mut child) => match child.wait().await {
             Ok(status) if status.success() => Ok(()),
             Ok(status) => Err(describe(status)),
-            Err(e) => Err(format!("cannot wait for runner: {e}")),
+            Err(e) => Err(outage(format!("cannot wait for runner: {e}"))),
         },
-        Err(e) => Err(format!("cannot start runner: {e}")),
+        Err(e) => Err(outage(format!("cannot start runner: {e}"))),
     }
 }
 
-fn describe(status: ExitStatus) -> String {
+fn describe(status: ExitStatus) -> RunFailure {
     #[cfg(unix)]
     {
         use std::os::unix::process::ExitStatusExt;
         if let Some(signal) = status.signal() {
-            return format!("runner killed by signal {signal}");
+            return RunFailure {
+                reason: format!("runner killed by signal {signal}"),
+                cause: Cause::Crash,
+            };
         }
     }
-    status.code().map_or_else(
-        || "runner ended without an exit code".into(),
-        |c| format!("exit code {c}"),
-    )
+    match status.code() {
+        Some(code) if sluice_contract::exit::is_outage(code) => RunFailure {
+            reason: format!("the runner could not do its work: exit code {code}"),
+            cause: Cause::Outage,
+        },
+        Some(code) => RunFailure {
+            reason: format!("exit code {code}"),
+            cause: Cause::Crash,
+        },
+        None => RunFailure {
+            reason: "runner ended without an exit code".into(),
+            cause: Cause::Crash,
+        },
+    }
 }

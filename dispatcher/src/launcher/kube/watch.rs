@@ -16,7 +16,7 @@
 //! the dispatcher's readiness while the watch fails.
 
 use crate::health::{self, Health};
-use crate::launcher::interface::Outcome;
+use crate::launcher::interface::{Cause, Outcome};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::batch::v1::Job;
@@ -183,10 +183,9 @@ impl JobTracker {
     }
 }
 
+/// A Job that vanished before it finished never had its chance: an outage, retried whole.
 fn failed(reason: &str) -> Outcome {
-    Outcome::Failed {
-        reason: reason.to_owned(),
-    }
+    Outcome::failed(Cause::Outage, reason)
 }
 
 /// The outcome a Job's conditions say, if it has finished.
@@ -200,13 +199,28 @@ pub fn outcome_of(job: &Job) -> Option<Outcome> {
     if done("Complete").is_some() {
         return Some(Outcome::Succeeded);
     }
-    done("Failed").map(|c| Outcome::Failed {
-        reason: format!(
-            "{}: {}",
-            c.reason.as_deref().unwrap_or("Failed"),
-            c.message.as_deref().unwrap_or("the Job failed")
-        ),
+    done("Failed").map(|c| {
+        let message = c.message.as_deref().unwrap_or("the Job failed");
+        let reason = c.reason.as_deref().unwrap_or("Failed");
+        Outcome::failed(cause_of(reason, message), format!("{reason}: {message}"))
     })
+}
+
+/// The Job controller fails a Job at once through the `FailJob` rule when its runner exits
+/// with an outage code, saying so in the condition: `PodFailurePolicy: Container runner for
+/// pod ns/name failed with exit code 69 matching FailJob rule at index 1`. Everything else
+/// (`BackoffLimitExceeded`, `DeadlineExceeded`) may be the work's fault.
+fn cause_of(reason: &str, message: &str) -> Cause {
+    let code = message
+        .split_once("exit code ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|code| code.parse::<i32>().ok());
+    match code {
+        Some(code) if reason == "PodFailurePolicy" && sluice_contract::exit::is_outage(code) => {
+            Cause::Outage
+        }
+        _ => Cause::Crash,
+    }
 }
 
 /// Watcher events, as [`supervise`] consumes them.

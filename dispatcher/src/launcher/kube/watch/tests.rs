@@ -54,7 +54,7 @@ impl Fed {
 }
 
 fn deleted(outcome: Result<Outcome, oneshot::error::TryRecvError>) -> bool {
-    matches!(outcome, Ok(Outcome::Failed { reason }) if reason.starts_with("JobDeleted"))
+    matches!(outcome, Ok(Outcome::Failed { reason, cause: Cause::Outage }) if reason.starts_with("JobDeleted"))
 }
 
 #[test]
@@ -66,10 +66,42 @@ fn conditions_map_to_outcomes() {
     );
     assert_eq!(
         outcome_of(&job("a", Some(("Failed", "DeadlineExceeded")))),
-        Some(Outcome::Failed {
-            reason: "DeadlineExceeded: details".into()
-        })
+        Some(Outcome::failed(Cause::Crash, "DeadlineExceeded: details"))
     );
+}
+
+#[test]
+fn the_fail_job_rule_on_an_outage_code_is_an_outage_and_other_failures_are_crashes() {
+    let mut failed = job("a", Some(("Failed", "PodFailurePolicy")));
+    let message = |code: i32| {
+        format!(
+            "Container runner for pod ns/a-x failed with exit code {code} matching FailJob rule at index 1"
+        )
+    };
+    failed.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].message = Some(message(69));
+    assert_eq!(
+        outcome_of(&failed),
+        Some(Outcome::failed(
+            Cause::Outage,
+            format!("PodFailurePolicy: {}", message(69))
+        ))
+    );
+    failed.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].message = Some(message(139));
+    assert!(matches!(
+        outcome_of(&failed),
+        Some(Outcome::Failed {
+            cause: Cause::Crash,
+            ..
+        })
+    ));
+    let backoff = job("a", Some(("Failed", "BackoffLimitExceeded")));
+    assert!(matches!(
+        outcome_of(&backoff),
+        Some(Outcome::Failed {
+            cause: Cause::Crash,
+            ..
+        })
+    ));
 }
 
 #[test]

@@ -1,0 +1,254 @@
+//! The circuit breaker: outages cost time, never messages, and never a storm of failing Jobs.
+//!
+//! Each Job that could not do its work (an outage, see [`crate::settle`]) is retried whole
+//! after a delay that doubles with each outage in a row, with jitter. After
+//! `OUTAGE_THRESHOLD` outages in a row the breaker **opens**: no Job is launched and the
+//! consumer takes no deliveries (messages wait in RabbitMQ), `/readyz` answers 503 with the
+//! reason, `sluice_runner_healthy` is 0 and one line is logged. While open, one Job at a time
+//! is let through as a probe, the probes spaced by the same growing delay. The first Job whose
+//! runner reaches its work closes the breaker again: fixing the cause is all a user does.
+//!
+//! [`Breaker::admit`] is the gate every launch passes; [`Breaker::outage`] and
+//! [`Breaker::healthy`] are what outcomes report.
+
+use crate::config::Outages;
+use crate::health::{self, Health};
+use crate::metrics::Metrics;
+use sluice_contract::retry::{Backoff, Policy};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Whether launches flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Jobs are launched as they come.
+    Closed,
+    /// Launches are held back; one probe at a time.
+    Open {
+        /// When the next probe may start.
+        probe_at: Instant,
+        /// A probe Job is out.
+        probing: bool,
+    },
+}
+
+struct State {
+    mode: Mode,
+    /// Outages since the last Job that reached its work.
+    in_a_row: u32,
+    /// Retry delays, reset by a healthy Job.
+    delays: Backoff,
+    /// The last outage's reason.
+    reason: String,
+}
+
+/// The breaker; shared by the launch paths and the consumer.
+pub struct Breaker {
+    state: Mutex<State>,
+    changed: Notify,
+    policy: Policy,
+    threshold: u32,
+    metrics: Arc<Metrics>,
+}
+
+impl Breaker {
+    /// A closed breaker with the configured thresholds.
+    pub fn new(settings: &Outages, metrics: Arc<Metrics>) -> Self {
+        let policy = Policy::new(settings.first_delay(), settings.max_delay(), None);
+        let state = State {
+            mode: Mode::Closed,
+            in_a_row: 0,
+            delays: policy.backoff(),
+            reason: String::new(),
+        };
+        Self {
+            state: Mutex::new(state),
+            changed: Notify::new(),
+            policy,
+            threshold: settings.outage_threshold,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Plain fields, each written whole: a panic elsewhere cannot leave them inconsistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn health(&self) -> &Health {
+        self.metrics.health()
+    }
+
+    /// Whether launches are held back now.
+    pub fn is_open(&self) -> bool {
+        matches!(self.lock().mode, Mode::Open { .. })
+    }
+
+    /// The mode and last outage reason, for status reports.
+    pub fn mode(&self) -> (Mode, String) {
+        let state = self.lock();
+        (state.mode.clone(), state.reason.clone())
+    }
+
+    /// Waits until a Job may be launched: at once while closed; while open, until this launch
+    /// may be the one probe. `false` once `stop` is cancelled.
+    pub async fn admit(&self, stop: &CancellationToken) -> bool {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the state is read, so a change in between is not missed.
+            changed.as_mut().enable();
+            let wake_at = {
+                let mut state = self.lock();
+                match &mut state.mode {
+                    Mode::Closed => return true,
+                    Mode::Open { probe_at, probing }
+                        if !*probing && *probe_at <= Instant::now() =>
+                    {
+                        *probing = true;
+                        tracing::info!("launching one job to probe whether runners work again");
+                        return true;
+                    }
+                    Mode::Open { probe_at, probing } => (!*probing).then_some(*probe_at),
+                }
+            };
+            let timer = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return false,
+                () = &mut changed => {}
+                () = timer => {}
+            }
+        }
+    }
+
+    /// Waits while the breaker is open; `false` once `stop` is cancelled.
+    pub async fn closed(&self, stop: &CancellationToken) -> bool {
+        tokio::select! {
+            () = stop.cancelled() => false,
+            () = self.until_open(false) => true,
+        }
+    }
+
+    /// Resolves once the breaker is open (`open`) or closed (`!open`).
+    pub async fn until_open(&self, open: bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_open() == open {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// A Job could not do its work because of `reason`; returns how long to wait before its
+    /// batch is launched again (while open, [`Breaker::admit`] does the waiting).
+    pub fn outage(&self, reason: &str) -> Duration {
+        self.metrics.outages.inc();
+        let mut state = self.lock();
+        state.in_a_row += 1;
+        reason.clone_into(&mut state.reason);
+        let delay = state.delays.next_delay().unwrap_or(self.policy.max_delay());
+        let in_a_row = state.in_a_row;
+        let opening = state.mode == Mode::Closed && in_a_row >= self.threshold;
+        match &mut state.mode {
+            Mode::Closed if !opening => return delay,
+            mode => {
+                *mode = Mode::Open {
+                    probe_at: Instant::now() + delay,
+                    probing: false,
+                };
+            }
+        }
+        drop(state);
+        let why = format!("{in_a_row} jobs in a row could not do their work; last: {reason}");
+        if opening {
+            tracing::error!(%why, next_probe = ?delay, "runners are unhealthy: holding launches back and pausing consumption until a probe job works");
+            self.metrics.runner_healthy.set(0);
+        } else {
+            tracing::warn!(%why, next_probe = ?delay, "the probe job met the outage too");
+        }
+        self.health().block(health::RUNNER, why);
+        self.changed.notify_waiters();
+        Duration::ZERO
+    }
+
+    /// A Job's runner reached its work: the deployment works.
+    pub fn healthy(&self) {
+        let mut state = self.lock();
+        let was_open = matches!(state.mode, Mode::Open { .. });
+        state.mode = Mode::Closed;
+        state.in_a_row = 0;
+        state.delays = self.policy.backoff();
+        drop(state);
+        if was_open {
+            tracing::info!("runners work again: launching and consuming");
+            self.metrics.runner_healthy.set(1);
+            self.health().clear(health::RUNNER);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// A probe could not even be launched: let the next one try.
+    pub fn probe_not_launched(&self) {
+        if let Mode::Open { probing, .. } = &mut self.lock().mode {
+            *probing = false;
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(threshold: u32) -> Breaker {
+        let settings = Outages {
+            outage_threshold: threshold,
+            outage_retry_seconds: 0.01,
+            outage_retry_max_seconds: 0.05,
+        };
+        Breaker::new(&settings, Arc::new(Metrics::new()))
+    }
+
+    #[tokio::test]
+    async fn opens_after_the_threshold_probes_one_at_a_time_and_closes_on_health() {
+        let b = breaker(2);
+        let stop = CancellationToken::new();
+        assert!(b.outage("exit code 69") > Duration::ZERO);
+        assert!(!b.is_open(), "one outage is retried, not a reason to stop");
+        assert_eq!(b.outage("exit code 69"), Duration::ZERO);
+        assert!(b.is_open());
+        assert!(b.metrics.health().is_blocked(health::RUNNER));
+        assert!(b.admit(&stop).await, "the probe goes after the delay");
+        let second = tokio::time::timeout(Duration::from_millis(200), b.admit(&stop)).await;
+        assert!(second.is_err(), "no second launch while the probe is out");
+        b.healthy();
+        assert!(!b.is_open());
+        assert!(!b.metrics.health().is_blocked(health::RUNNER));
+        assert!(b.admit(&stop).await);
+        assert!(b.closed(&stop).await);
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_keeps_it_open_and_lets_the_next_probe_through() {
+        let b = breaker(1);
+        let stop = CancellationToken::new();
+        b.outage("ErrImagePull");
+        assert!(b.admit(&stop).await);
+        b.outage("ErrImagePull");
+        assert!(b.is_open());
+        assert!(b.admit(&stop).await, "the next probe, after the delay");
+        stop.cancel();
+        assert!(!b.admit(&stop).await, "stopping ends a wait");
+    }
+}
