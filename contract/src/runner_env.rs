@@ -22,6 +22,12 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
 pub const DEFAULT_KERNEL: &str = "modsum";
 /// Default approximate cap on the results stream.
 pub const DEFAULT_RESULTS_MAXLEN: u64 = 100_000;
+/// Default time a runner keeps retrying Redis before giving up, in seconds.
+pub const DEFAULT_REDIS_RETRY_SECONDS: u64 = 30;
+/// Default results written per Redis round trip.
+pub const DEFAULT_RESULT_CHUNK: usize = 256;
+/// Default longest wait of a result before it is written, in milliseconds.
+pub const DEFAULT_RESULT_FLUSH_MS: u64 = 100;
 
 /// The settings the dispatcher hands to every runner (besides the Redis URL).
 ///
@@ -45,6 +51,15 @@ pub struct RunnerEnv {
     /// Approximate cap on the results stream.
     #[serde(default = "default_maxlen")]
     pub results_maxlen: u64,
+    /// How long the runner keeps retrying Redis before it gives up (an outage exit code).
+    #[serde(default = "default_redis_retry")]
+    pub redis_retry_seconds: u64,
+    /// Results written per Redis round trip.
+    #[serde(default = "default_chunk")]
+    pub result_chunk: usize,
+    /// A result waits at most this long to be written; with the chunk, what a crash can lose.
+    #[serde(default = "default_flush_ms")]
+    pub result_flush_ms: u64,
 }
 
 fn default_prefix() -> String {
@@ -62,6 +77,15 @@ fn default_kernel() -> String {
 fn default_maxlen() -> u64 {
     DEFAULT_RESULTS_MAXLEN
 }
+fn default_redis_retry() -> u64 {
+    DEFAULT_REDIS_RETRY_SECONDS
+}
+fn default_chunk() -> usize {
+    DEFAULT_RESULT_CHUNK
+}
+fn default_flush_ms() -> u64 {
+    DEFAULT_RESULT_FLUSH_MS
+}
 
 impl RunnerEnv {
     /// The variables as (name, value) pairs, in a stable order, for a container's `env`.
@@ -73,6 +97,9 @@ impl RunnerEnv {
             ("MAX_MESSAGE_BYTES", self.max_message_bytes.to_string()),
             ("DEFAULT_KERNEL", self.default_kernel.clone()),
             ("RESULTS_MAXLEN", self.results_maxlen.to_string()),
+            ("REDIS_RETRY_SECONDS", self.redis_retry_seconds.to_string()),
+            ("RESULT_CHUNK", self.result_chunk.to_string()),
+            ("RESULT_FLUSH_MS", self.result_flush_ms.to_string()),
         ]
     }
 }
@@ -90,6 +117,9 @@ mod tests {
             max_message_bytes: 2,
             default_kernel: "echo".into(),
             results_maxlen: 3,
+            redis_retry_seconds: 4,
+            result_chunk: 5,
+            result_flush_ms: 6,
         };
         let mut written: Vec<String> = env
             .to_vars()

@@ -130,6 +130,9 @@ mod tests {
             max_message_bytes: 64,
             default_kernel: "modsum".into(),
             results_maxlen: 10,
+            redis_retry_seconds: 1,
+            result_chunk: 1,
+            result_flush_ms: 1,
         }
     }
 

@@ -24,31 +24,17 @@ pub struct Config {
     pub redis_retry: Duration,
 }
 
+/// What the runner reads besides the dispatcher's list ([`RunnerEnv`]).
 #[derive(Deserialize)]
 struct Options {
     #[serde(default = "default_redis_url")]
     redis_url: String,
     #[serde(default)]
     sluice_test_kernels: String,
-    #[serde(default = "default_chunk")]
-    result_chunk: usize,
-    #[serde(default = "default_flush_ms")]
-    result_flush_ms: u64,
-    #[serde(default = "default_retry_seconds")]
-    redis_retry_seconds: u64,
 }
 
 fn default_redis_url() -> String {
     "redis://127.0.0.1:6379/".into()
-}
-fn default_chunk() -> usize {
-    256
-}
-fn default_flush_ms() -> u64 {
-    100
-}
-fn default_retry_seconds() -> u64 {
-    30
 }
 
 impl Config {
@@ -63,12 +49,12 @@ impl Config {
         let env: RunnerEnv = envy::from_iter(vars.clone()).map_err(Error::Config)?;
         let options: Options = envy::from_iter(vars).map_err(Error::Config)?;
         let config = Self {
-            env,
             redis_url: options.redis_url,
             test_kernels: matches!(options.sluice_test_kernels.as_str(), "1" | "true"),
-            result_chunk: options.result_chunk,
-            flush_interval: Duration::from_millis(options.result_flush_ms),
-            redis_retry: Duration::from_secs(options.redis_retry_seconds),
+            result_chunk: env.result_chunk,
+            flush_interval: Duration::from_millis(env.result_flush_ms),
+            redis_retry: Duration::from_secs(env.redis_retry_seconds),
+            env,
         };
         config.validate()?;
         Ok(config)

@@ -68,7 +68,13 @@ impl Drop for Fixture {
 async fn the_runner_gets_exactly_the_jobs_environment_with_secrets_resolved() {
     let fx = Fixture::new("env");
     let runner = fx.runner("env > \"$DIR/env\"");
-    let (config, launcher, _) = local_launcher(&runner, &[("RUNNER_CPU", "2")]).await;
+    let settings = [
+        ("RUNNER_CPU", "2"),
+        ("REDIS_RETRY_SECONDS", "7"),
+        ("RESULT_CHUNK", "9"),
+        ("RESULT_FLUSH_MS", "11"),
+    ];
+    let (config, launcher, _) = local_launcher(&runner, &settings).await;
     let outcome = launcher
         .launch(&job::build(&config, "b-env"))
         .await
@@ -89,13 +95,24 @@ async fn the_runner_gets_exactly_the_jobs_environment_with_secrets_resolved() {
         "KEY_PREFIX",
         "MAX_MESSAGE_BYTES",
         "RAYON_NUM_THREADS",
+        "REDIS_RETRY_SECONDS",
         "REDIS_URL",
         "RESULTS_MAXLEN",
+        "RESULT_CHUNK",
+        "RESULT_FLUSH_MS",
         "RESULT_TTL_SECONDS",
         "RUST_LOG",
         "SLUICE_TEST_KERNELS",
     ];
     assert_eq!(names, expected);
+    // The dispatcher's settings for runners reach them, not the runner's own defaults.
+    for line in [
+        "REDIS_RETRY_SECONDS=7",
+        "RESULT_CHUNK=9",
+        "RESULT_FLUSH_MS=11",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} in {env}");
+    }
     assert!(
         env.contains("REDIS_URL=redis://:secret@127.0.0.1:6379/"),
         "secretKeyRef resolved"

@@ -9,6 +9,7 @@
 //!   with [`job_template`] reading and checking the template users own;
 //! - [`local`]: the local launcher;
 //! - [`outages`]: retrying Jobs that could not do their work, and the circuit breaker;
+//! - [`runner`]: settings only runners read, handed to every runner;
 //!
 //! and, here, what the service itself needs: which launcher, the metrics address, the shutdown
 //! grace and the test failpoint.
@@ -20,6 +21,7 @@ pub mod job_template;
 pub mod local;
 pub mod outages;
 pub mod redis;
+pub mod runner;
 
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -33,6 +35,7 @@ pub use job::JobSettings;
 pub use local::LocalSettings;
 pub use outages::Outages;
 pub use redis::Redis;
+pub use runner::RunnerSettings;
 
 /// Which launcher turns a batch's Job into running work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -59,6 +62,8 @@ pub struct Config {
     pub local: LocalSettings,
     /// Outages and the circuit breaker.
     pub outages: Outages,
+    /// What runners read.
+    pub runner: RunnerSettings,
     /// The service itself.
     pub service: Service,
 }
@@ -115,6 +120,7 @@ impl Config {
             job: envy::from_iter(read()).map_err(Error::Config)?,
             local: envy::from_iter(read()).map_err(Error::Config)?,
             outages: envy::from_iter(read()).map_err(Error::Config)?,
+            runner: envy::from_iter(read()).map_err(Error::Config)?,
             service: envy::from_iter(read()).map_err(Error::Config)?,
         };
         config.validate()?;
@@ -132,6 +138,8 @@ impl Config {
             "BATCH_MAX_BYTES must be at least 1"
         } else if !batching.target_job_seconds.is_finite() || batching.target_job_seconds <= 0.0 {
             "TARGET_JOB_SECONDS must be a positive number of seconds"
+        } else if self.runner.result_chunk == 0 {
+            "RESULT_CHUNK must be at least 1"
         } else if self.outages.outage_threshold == 0 {
             "OUTAGE_THRESHOLD must be at least 1"
         } else if !(self.outages.outage_retry_seconds.is_finite()
@@ -194,6 +202,9 @@ impl Config {
             max_message_bytes: self.broker.max_message_bytes,
             default_kernel: self.job.default_kernel.clone(),
             results_maxlen: self.redis.results_maxlen,
+            redis_retry_seconds: self.runner.redis_retry_seconds,
+            result_chunk: self.runner.result_chunk,
+            result_flush_ms: self.runner.result_flush_ms,
         }
     }
 
