@@ -52,6 +52,14 @@ impl Proxy {
         state.cuts += 1;
     }
 
+    /// Accepts connections again at once, whatever the last cut's duration.
+    pub fn restore(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .down_until = None;
+    }
+
     /// How many cuts were made.
     pub fn cuts(&self) -> usize {
         self.state
