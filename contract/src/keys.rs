@@ -66,6 +66,12 @@ impl Keys {
         format!("{}:redrive:lock", self.prefix)
     }
 
+    /// `{prefix}:runner`: whether runners can do their work, as the dispatcher's circuit
+    /// breaker last saw it (`state` healthy | unhealthy, `reason`, `since` in Unix ms).
+    pub fn runner_health(&self) -> String {
+        format!("{}:runner", self.prefix)
+    }
+
     /// `{prefix}:stats`: counters (received, batches, ok, error, dead, redriven).
     pub fn stats(&self) -> String {
         format!("{}:stats", self.prefix)
@@ -94,5 +100,6 @@ mod tests {
         assert_eq!(k.redrive(), "p:redrive");
         assert_eq!(k.redrive_lock(), "p:redrive:lock");
         assert_eq!(k.stats(), "p:stats");
+        assert_eq!(k.runner_health(), "p:runner");
     }
 }

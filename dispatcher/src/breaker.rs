@@ -151,8 +151,9 @@ impl Breaker {
     }
 
     /// A Job could not do its work because of `reason`; returns how long to wait before its
-    /// batch is launched again (while open, [`Breaker::admit`] does the waiting).
-    pub fn outage(&self, reason: &str) -> Duration {
+    /// batch is launched again (while open, [`Breaker::admit`] does the waiting), and whether
+    /// the breaker is open now (so the caller records why).
+    pub fn outage(&self, reason: &str) -> (Duration, bool) {
         self.metrics.outages.inc();
         let mut state = self.lock();
         state.in_a_row += 1;
@@ -161,7 +162,7 @@ impl Breaker {
         let in_a_row = state.in_a_row;
         let opening = state.mode == Mode::Closed && in_a_row >= self.threshold;
         match &mut state.mode {
-            Mode::Closed if !opening => return delay,
+            Mode::Closed if !opening => return (delay, false),
             mode => {
                 *mode = Mode::Open {
                     probe_at: Instant::now() + delay,
@@ -179,11 +180,12 @@ impl Breaker {
         }
         self.health().block(health::RUNNER, why);
         self.changed.notify_waiters();
-        Duration::ZERO
+        (Duration::ZERO, true)
     }
 
-    /// A Job's runner reached its work: the deployment works.
-    pub fn healthy(&self) {
+    /// A Job's runner reached its work: the deployment works. Returns whether the breaker was
+    /// open until now.
+    pub fn healthy(&self) -> bool {
         let mut state = self.lock();
         let was_open = matches!(state.mode, Mode::Open { .. });
         state.mode = Mode::Closed;
@@ -196,6 +198,7 @@ impl Breaker {
             self.health().clear(health::RUNNER);
             self.changed.notify_waiters();
         }
+        was_open
     }
 
     /// A probe could not even be launched: let the next one try.
@@ -224,15 +227,16 @@ mod tests {
     async fn opens_after_the_threshold_probes_one_at_a_time_and_closes_on_health() {
         let b = breaker(2);
         let stop = CancellationToken::new();
-        assert!(b.outage("exit code 69") > Duration::ZERO);
+        let (delay, open) = b.outage("exit code 69");
+        assert!(delay > Duration::ZERO && !open);
         assert!(!b.is_open(), "one outage is retried, not a reason to stop");
-        assert_eq!(b.outage("exit code 69"), Duration::ZERO);
+        assert_eq!(b.outage("exit code 69"), (Duration::ZERO, true));
         assert!(b.is_open());
         assert!(b.metrics.health().is_blocked(health::RUNNER));
         assert!(b.admit(&stop).await, "the probe goes after the delay");
         let second = tokio::time::timeout(Duration::from_millis(200), b.admit(&stop)).await;
         assert!(second.is_err(), "no second launch while the probe is out");
-        b.healthy();
+        assert!(b.healthy(), "it was open");
         assert!(!b.is_open());
         assert!(!b.metrics.health().is_blocked(health::RUNNER));
         assert!(b.admit(&stop).await);

@@ -160,15 +160,18 @@ impl Flight {
                 .sizer
                 .observe(messages, Duration::from_micros(work_us), lasted);
         }
-        if settled.reached_work() {
-            inner.breaker.healthy();
+        if settled.reached_work() && inner.breaker.healthy() {
+            inner.stager.record_runner_health(None).await?;
         }
         match settled {
             Settled::Closed { dead } => {
                 inner.metrics.dead_letters.inc_by(dead as u64);
             }
             Settled::Retry { child, reason } => {
-                let delay = inner.breaker.outage(&reason);
+                let (delay, open) = inner.breaker.outage(&reason);
+                if open {
+                    inner.stager.record_runner_health(Some(&reason)).await?;
+                }
                 drop(permit);
                 tracing::warn!(batch = %batch_id, retry = %child, ?delay, %reason, "the job could not do its work; retrying its messages whole after a delay");
                 // On abandon the batch stays staged and the next start launches it.

@@ -181,6 +181,27 @@ impl Stager {
         self.exec("splitting a batch", pipe.ignore()).await
     }
 
+    /// Records whether runners can do their work, for `dispatcher status`: `None` when they
+    /// can, else the last outage's reason.
+    pub async fn record_runner_health(&self, outage: Option<&str>) -> Result<()> {
+        let state = if outage.is_some() {
+            "unhealthy"
+        } else {
+            "healthy"
+        };
+        let mut pipe = redis::pipe();
+        pipe.hset_multiple(
+            self.keys.runner_health(),
+            &[
+                ("state", state.to_owned()),
+                ("reason", outage.unwrap_or_default().to_owned()),
+                ("since", unix_millis().to_string()),
+            ],
+        )
+        .ignore();
+        self.exec("recording runner health", &pipe).await
+    }
+
     /// Ids of batches staged but not closed.
     pub async fn open_batches(&self) -> Result<Vec<String>> {
         let key = self.keys.open_batches();

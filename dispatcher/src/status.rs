@@ -1,5 +1,5 @@
-//! `dispatcher status`: queue depth, batches by state, Jobs in flight, result counts, dead
-//! letters.
+//! `dispatcher status`: queue depth, batches by state, Jobs in flight, runner health, result
+//! counts, dead letters.
 
 use crate::amqp::{connect, inspect_queue};
 use crate::config::Config;
@@ -24,6 +24,8 @@ pub struct Report {
     pub dead_letters: u64,
     /// Entries in `{prefix}:redrive`: taken by a redrive that stopped before finishing.
     pub redriving: u64,
+    /// `{prefix}:runner`: whether runners can do their work (state, reason, since).
+    pub runner: BTreeMap<String, String>,
 }
 
 impl Report {
@@ -76,9 +78,10 @@ pub async fn report(config: &Config) -> Result<Report> {
         .hgetall(keys.stats())
         .await
         .map_err(Error::redis("reading stats"))?;
-    let (dead_letters, redriving): (u64, u64) = redis::pipe()
+    let (dead_letters, redriving, runner): (u64, u64, BTreeMap<String, String>) = redis::pipe()
         .llen(keys.dead())
         .llen(keys.redrive())
+        .hgetall(keys.runner_health())
         .query_async(&mut con)
         .await
         .map_err(Error::redis("counting dead letters"))?;
@@ -89,6 +92,7 @@ pub async fn report(config: &Config) -> Result<Report> {
         stats,
         dead_letters,
         redriving,
+        runner,
     })
 }
 
@@ -109,6 +113,14 @@ impl fmt::Display for Report {
         }
         writeln!(f)?;
         writeln!(f, "jobs in flight: {}", self.in_flight())?;
+        match self.runner.get("state").map(String::as_str) {
+            Some("unhealthy") => writeln!(
+                f,
+                "runners: UNHEALTHY, launches held back and consumption paused until a probe Job works: {}",
+                self.runner.get("reason").map_or("", String::as_str)
+            )?,
+            _ => writeln!(f, "runners: healthy")?,
+        }
         let stat = |name: &str| self.stats.get(name).copied().unwrap_or(0);
         writeln!(
             f,

@@ -342,5 +342,14 @@ pub fn spawn_dispatcher(
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<sluice_dispatcher::Result<sluice_dispatcher::serve::Summary>> {
     let metrics = std::sync::Arc::new(sluice_dispatcher::metrics::Metrics::new());
+    spawn_dispatcher_with(config, metrics, stop)
+}
+
+/// [`spawn_dispatcher`] with metrics (and readiness) the test can read.
+pub fn spawn_dispatcher_with(
+    config: Config,
+    metrics: std::sync::Arc<sluice_dispatcher::metrics::Metrics>,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<sluice_dispatcher::Result<sluice_dispatcher::serve::Summary>> {
     tokio::spawn(sluice_dispatcher::serve::run(config, metrics, stop))
 }

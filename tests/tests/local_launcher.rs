@@ -159,7 +159,9 @@ async fn a_failing_run_is_retried_up_to_the_backoff_limit() {
 #[tokio::test]
 async fn a_runner_that_cannot_do_its_work_fails_the_job_at_once_as_an_outage() {
     let fx = Fixture::new("outage-code");
-    let runner = fx.runner("echo x >> \"$DIR/attempts\"\nexit 69");
+    let runner = fx.runner(
+        "echo x >> \"$DIR/attempts\"\necho 'line one' >&2\necho 'redis: connection refused' >&2\nexit 69",
+    );
     let (config, launcher, _) = local_launcher(&runner, &[("JOB_BACKOFF_LIMIT", "3")]).await;
     let outcome = launcher
         .launch(&job::build(&config, "b"))
@@ -170,7 +172,8 @@ async fn a_runner_that_cannot_do_its_work_fails_the_job_at_once_as_an_outage() {
         outcome,
         Outcome::failed(
             Cause::Outage,
-            "PodFailurePolicy: the runner could not do its work: exit code 69"
+            "PodFailurePolicy: the runner could not do its work: exit code 69; \
+             last output: line one | redis: connection refused"
         )
     );
     assert_eq!(

@@ -9,11 +9,16 @@
 
 use redis::AsyncCommands;
 use serde_json::json;
+use sluice_dispatcher::metrics::Metrics;
+use sluice_dispatcher::status;
 use sluice_tests::guarantee::record;
 use sluice_tests::proxy::Proxy;
-use sluice_tests::{Outgoing, TestEnv, binary, require_binaries, spawn_dispatcher, write_script};
+use sluice_tests::{
+    Outgoing, TestEnv, binary, require_binaries, spawn_dispatcher_with, write_script,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -94,9 +99,9 @@ fn poison_jobs(batches: &[HashMap<String, String>]) -> usize {
         .count()
 }
 
-/// Runs the workload into `fault`, waits until the breaker holds launches back, fixes the
-/// fault and checks every message.
-async fn outage_then_fix(name: &str, env: &TestEnv, fault: Fault, runner: &Path) {
+/// Runs the workload into `fault`, waits until the breaker holds launches back (and says so,
+/// with `expected` in its reason), fixes the fault and checks every message.
+async fn outage_then_fix(name: &str, env: &TestEnv, fault: Fault, runner: &Path, expected: &str) {
     let runner = runner.display().to_string();
     let extra = [
         ("RUNNER_BIN", runner.as_str()),
@@ -112,7 +117,9 @@ async fn outage_then_fix(name: &str, env: &TestEnv, fault: Fault, runner: &Path)
     let (ids, messages) = workload();
     env.publish(&messages).await.unwrap();
     let stop = CancellationToken::new();
-    let dispatcher = spawn_dispatcher(env.config(&extra).unwrap(), stop.clone());
+    let config = env.config(&extra).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let dispatcher = spawn_dispatcher_with(config.clone(), Arc::clone(&metrics), stop.clone());
 
     // The breaker opens: Jobs were retried whole, none split, and the rest waits in RabbitMQ.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -135,10 +142,31 @@ async fn outage_then_fix(name: &str, env: &TestEnv, fault: Fault, runner: &Path)
         "{name}: nothing consumed while the breaker is open ({waiting} then {still})"
     );
 
+    // It says so: readiness, the metric, and `dispatcher status`, each with the reason.
+    let ready = metrics.health().ready().unwrap_err();
+    assert!(
+        ready.contains("runner:") && ready.contains(expected),
+        "{ready}"
+    );
+    assert!(metrics.render().contains("sluice_runner_healthy 0"));
+    let report = status::report(&config).await.unwrap();
+    assert_eq!(report.runner["state"], "unhealthy", "{report:?}");
+    assert!(report.runner["reason"].contains(expected), "{report:?}");
+    assert!(
+        report.to_string().contains("runners: UNHEALTHY"),
+        "{report}"
+    );
+
     let fixed = Instant::now();
     fault.fix();
     let figures = env.figures(&ids, Duration::from_secs(180)).await.unwrap();
     let recovery = fixed.elapsed();
+    let report = status::report(&config).await.unwrap();
+    assert_eq!(
+        report.runner["state"], "healthy",
+        "recovered by itself: {report:?}"
+    );
+    assert!(metrics.render().contains("sluice_runner_healthy 1"));
     stop.cancel();
     dispatcher.await.unwrap().unwrap();
 
@@ -179,6 +207,7 @@ async fn a_runner_that_exits_before_work_dead_letters_nothing_and_resumes_once_f
         &env,
         Fault::ExitsBeforeWork(flag),
         &runner,
+        "exit code 78",
     )
     .await;
     let _ = std::fs::remove_file(runner);
@@ -200,6 +229,7 @@ async fn runners_that_cannot_reach_redis_dead_letter_nothing_and_resume_once_it_
         &env,
         Fault::RedisUnreachable(proxy),
         &runner,
+        "exit code 69",
     )
     .await;
     let _ = std::fs::remove_file(runner);

@@ -103,6 +103,7 @@ impl LocalLauncher {
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .envs(self.pass_through.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         // Its own process group: a Ctrl-C in the terminal reaches the dispatcher only, which
         // then decides, as the Job controller would, whether runners finish or are stopped.
@@ -223,20 +224,57 @@ async fn run_attempts(command: Command, spec: &RunSpec, startup_delay: Duration)
     }
 }
 
-/// Waits for one run of the runner: `Ok` on exit code 0, else why it failed.
+/// Lines of a failed runner's output kept for its failure reason.
+const TAIL_LINES: usize = 3;
+
+/// Waits for one run of the runner: `Ok` on exit code 0, else why it failed, with the last
+/// lines it wrote (what a user reads first when runners cannot start).
 async fn run_to_exit(spawned: std::io::Result<Child>) -> std::result::Result<(), RunFailure> {
     let outage = |reason: String| RunFailure {
         reason,
         cause: Cause::Outage,
     };
-    match spawned {
-        Ok(mut child) => match child.wait().await {
-            Ok(status) if status.success() => Ok(()),
-            Ok(status) => Err(describe(status)),
-            Err(e) => Err(outage(format!("cannot wait for runner: {e}"))),
-        },
-        Err(e) => Err(outage(format!("cannot start runner: {e}"))),
+    let mut child = spawned.map_err(|e| outage(format!("cannot start runner: {e}")))?;
+    let tail = child
+        .stderr
+        .take()
+        .map(|stderr| tokio::spawn(forward(stderr)));
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| outage(format!("cannot wait for runner: {e}")))?;
+    if status.success() {
+        return Ok(());
     }
+    let mut failure = describe(status);
+    // A process the runner left behind may hold the pipe open: do not wait for it long.
+    let tail = match tail {
+        Some(task) => tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    if !tail.is_empty() {
+        failure.reason = format!("{}; last output: {}", failure.reason, tail.join(" | "));
+    }
+    Err(failure)
+}
+
+/// Copies the runner's stderr to the dispatcher's, line by line, keeping the last few lines.
+async fn forward(stderr: tokio::process::ChildStderr) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut tail = std::collections::VecDeque::with_capacity(TAIL_LINES);
+    while let Ok(Some(line)) = lines.next_line().await {
+        eprintln!("{line}");
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    tail.into()
 }
 
 fn describe(status: ExitStatus) -> RunFailure {
