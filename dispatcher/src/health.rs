@@ -10,6 +10,9 @@ use std::sync::{Mutex, PoisonError};
 pub const CONSUMER: &str = "consumer";
 /// The kube launcher's Job watch is down (its outcomes may arrive late).
 pub const JOB_WATCH: &str = "job-watch";
+/// The kube launcher's watch of its runners' pods is down (Jobs that cannot run are then
+/// only noticed at their deadline).
+pub const POD_WATCH: &str = "pod-watch";
 /// Runners keep failing to do their work; launches are held back ([`crate::breaker`]).
 pub const RUNNER: &str = "runner";
 

@@ -51,8 +51,8 @@ fn status(code: u16, reason: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "message": reason, "code": code})
 }
 
-/// The next request that is not the Job watcher's list or watch (answered here: an empty
-/// list, and a watch left open); the watcher's first list is checked on the way.
+/// The next request that is not the Job or pod watchers' list or watch (answered here: an
+/// empty list, and a watch left open); the watchers' selectors are checked on the way.
 async fn next_call(
     handle: &mut ApiHandle,
     held: &mut Vec<SendResponse<Response<Body>>>,
@@ -63,17 +63,21 @@ async fn next_call(
             .expect("a request within 5 s")
             .expect("the client is alive");
         let query = request.uri().query().unwrap_or_default().to_owned();
-        if request.method() == Method::GET
-            && request.uri().path() == "/apis/batch/v1/namespaces/sluice/jobs"
-        {
+        let path = request.uri().path();
+        let watched = match path {
+            "/apis/batch/v1/namespaces/sluice/jobs" => Some(("batch/v1", "JobList")),
+            "/api/v1/namespaces/sluice/pods" => Some(("v1", "PodList")),
+            _ => None,
+        };
+        if let (&Method::GET, Some((api_version, kind))) = (request.method(), watched) {
             assert!(
                 query.contains("labelSelector=app.kubernetes.io%2Fname%3Dsluice%2Capp.kubernetes.io%2Fmanaged-by%3Dsluice-dispatcher"),
-                "the watcher selects only the dispatcher's Jobs: {query}"
+                "the watchers select only the dispatcher's objects: {path}?{query}"
             );
             if query.contains("watch=true") {
                 held.push(send);
             } else {
-                let list = json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {"resourceVersion": "1"}, "items": []});
+                let list = json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": "1"}, "items": []});
                 respond(send, StatusCode::OK, &list);
             }
             continue;

@@ -10,6 +10,7 @@ pub mod dead;
 pub mod fake_kube;
 pub mod guarantee;
 pub mod node_agent;
+pub mod outage;
 pub mod proxy;
 
 use anyhow::{Result, bail};

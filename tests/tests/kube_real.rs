@@ -173,8 +173,8 @@ async fn a_watch_that_expires_during_an_outage_is_relisted_and_nothing_is_lost()
     env.cleanup().await.unwrap();
 }
 
-/// What the dispatcher's `ServiceAccount` may do: exactly the Job verbs the code calls, in its
-/// own namespace.
+/// What the dispatcher's `ServiceAccount` may do: exactly the Job verbs the code calls, and
+/// reading its runners' pods, in its own namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatchers_service_account_can_do_what_it_needs_and_nothing_more() {
     let (cluster, _serial) = Cluster::get().await.unwrap();
@@ -201,6 +201,9 @@ async fn the_dispatchers_service_account_can_do_what_it_needs_and_nothing_more()
     };
     for verb in ["create", "get", "list", "watch", "delete"] {
         assert!(can(verb, "jobs.batch", NAMESPACE).await, "{verb} jobs");
+    }
+    for verb in ["get", "list", "watch"] {
+        assert!(can(verb, "pods", NAMESPACE).await, "{verb} pods");
     }
     for (verb, resource) in [
         ("update", "jobs.batch"),

@@ -51,6 +51,14 @@ pub struct JobSettings {
     /// Kueue `LocalQueue` to submit Jobs to; when set, Jobs are created suspended for Kueue.
     #[serde(default)]
     pub kueue_queue: Option<String>,
+    /// A runner pod stuck waiting (an image that cannot be pulled, a missing Secret) or
+    /// unschedulable for this long fails its Job as an outage.
+    #[serde(default = "d::pod_stuck_seconds")]
+    pub pod_stuck_seconds: u64,
+    /// A Job without any pod this long after its creation (admission or a quota refuses its
+    /// pods) fails as an outage.
+    #[serde(default = "d::pod_create_seconds")]
+    pub pod_create_seconds: u64,
 }
 
 /// Defaults, one function per variable (serde's `default = "…"` needs a path).
@@ -82,6 +90,12 @@ mod d {
     }
     pub fn default_kernel() -> String {
         defaults::DEFAULT_KERNEL.into()
+    }
+    pub fn pod_stuck_seconds() -> u64 {
+        30
+    }
+    pub fn pod_create_seconds() -> u64 {
+        60
     }
     pub fn kube_api_qps() -> f64 {
         20.0

@@ -1,8 +1,9 @@
-//! The HTTP side of the fake API server: the `batch/v1` Job endpoints.
+//! The HTTP side of the fake API server: the `batch/v1` Job endpoints, and list and watch of
+//! the Jobs' pods.
 
 use super::Shared;
 use super::controller::run_job;
-use super::store::{Selector, now, status};
+use super::store::{Resource, Selector, now, status};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
@@ -25,8 +26,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(
             "/apis/batch/v1/namespaces/{ns}/jobs",
-            get(list_or_watch).post(create),
+            get(list_or_watch_jobs).post(create),
         )
+        .route("/api/v1/namespaces/{ns}/pods", get(list_or_watch_pods))
         .route(
             "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
             get(get_one).delete(delete),
@@ -171,10 +173,19 @@ async fn delete(State(shared): Shared_, Path((ns, name)): Path<(String, String)>
     }
 }
 
-async fn list_or_watch(
+async fn list_or_watch_jobs(state: Shared_, ns: Path<String>, params: Params) -> Response {
+    list_or_watch(state, ns, params, Resource::Jobs)
+}
+
+async fn list_or_watch_pods(state: Shared_, ns: Path<String>, params: Params) -> Response {
+    list_or_watch(state, ns, params, Resource::Pods)
+}
+
+fn list_or_watch(
     State(shared): Shared_,
     Path(ns): Path<String>,
     Query(params): Params,
+    resource: Resource,
 ) -> Response {
     let selector = Selector::parse(params.get("labelSelector").map(String::as_str));
     if matches!(params.get("watch").map(String::as_str), Some("true" | "1")) {
@@ -206,33 +217,37 @@ async fn list_or_watch(
             )
                 .into_response();
         }
-        return watch(shared, ns, selector, since, Duration::from_secs(timeout));
+        let target = Target {
+            resource,
+            ns,
+            selector,
+        };
+        return watch(shared, target, since, Duration::from_secs(timeout));
     }
     let store = shared.store();
-    let items: Vec<&Job> = store
-        .jobs
-        .iter()
-        .filter(|((n, _), job)| *n == ns && selector.matches(job))
-        .map(|(_, job)| job)
-        .collect();
+    let (api_version, kind) = match resource {
+        Resource::Jobs => ("batch/v1", "JobList"),
+        Resource::Pods => ("v1", "PodList"),
+    };
     let list = json!({
-        "apiVersion": "batch/v1",
-        "kind": "JobList",
+        "apiVersion": api_version,
+        "kind": kind,
         "metadata": {"resourceVersion": store.rv().to_string()},
-        "items": items,
+        "items": store.list(resource, &ns, &selector),
     });
     reply(StatusCode::OK, &list)
 }
 
-/// Streams watch events, one JSON object per line, from `since` (or from the current state,
-/// as synthetic ADDED events, when no version is given) until `timeout`.
-fn watch(
-    shared: Arc<Shared>,
+/// What one watch follows.
+struct Target {
+    resource: Resource,
     ns: String,
     selector: Selector,
-    since: Option<u64>,
-    timeout: Duration,
-) -> Response {
+}
+
+/// Streams watch events, one JSON object per line, from `since` (or from the current state,
+/// as synthetic ADDED events, when no version is given) until `timeout`.
+fn watch(shared: Arc<Shared>, target: Target, since: Option<u64>, timeout: Duration) -> Response {
     let changed = shared.changed.subscribe();
     let cuts = shared.watch_cuts.subscribe();
     let (cursor, pending) = {
@@ -241,10 +256,9 @@ fn watch(
             (rv, Vec::new())
         } else {
             let current = store
-                .jobs
+                .list(target.resource, &target.ns, &target.selector)
                 .iter()
-                .filter(|((n, _), job)| *n == ns && selector.matches(job))
-                .map(|(_, job)| line("ADDED", job))
+                .map(|object| line("ADDED", object))
                 .collect();
             (store.rv(), current)
         }
@@ -252,8 +266,7 @@ fn watch(
     let deadline = tokio::time::Instant::now() + timeout;
     let state = Watch {
         shared,
-        ns,
-        selector,
+        target,
         changed,
         cuts,
         cursor,
@@ -279,8 +292,7 @@ fn watch(
 /// One watch connection's position in the event log.
 struct Watch {
     shared: Arc<Shared>,
-    ns: String,
-    selector: Selector,
+    target: Target,
     changed: tokio::sync::watch::Receiver<u64>,
     cuts: tokio::sync::watch::Receiver<u64>,
     cursor: u64,
@@ -314,16 +326,18 @@ impl Watch {
         let since = self.cursor;
         for event in store.events.iter().filter(|e| e.rv > since) {
             self.cursor = event.rv;
-            let here = event.job.metadata.namespace.as_deref() == Some(self.ns.as_str());
-            if here && self.selector.matches(&event.job) {
-                self.pending.push(line(event.kind, &event.job));
+            let target = &self.target;
+            let here = event.resource == target.resource
+                && event.meta.namespace.as_deref() == Some(target.ns.as_str());
+            if here && target.selector.matches(&event.meta) {
+                self.pending.push(line(event.kind, &event.object));
             }
         }
     }
 }
 
-fn line(kind: &str, job: &Job) -> Bytes {
-    let mut text = json!({"type": kind, "object": job}).to_string();
+fn line(kind: &str, object: &Value) -> Bytes {
+    let mut text = json!({"type": kind, "object": object}).to_string();
     text.push('\n');
     Bytes::from(text)
 }

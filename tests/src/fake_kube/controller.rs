@@ -1,9 +1,9 @@
-//! The fake Job controller: runs a Job's container as a local process, updates the Job's
-//! status and conditions as the real controller does, and honours `backoffLimit` and
-//! `activeDeadlineSeconds`.
+//! The fake Job controller: one pod per attempt, whose container runs as a local process;
+//! updates the Job's status and conditions as the real controller does, and honours
+//! `backoffLimit`, `activeDeadlineSeconds` and `podFailurePolicy`'s `FailJob` exit-code rules.
 
-use super::Shared;
 use super::store::now;
+use super::{Shared, pod};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,38 +35,110 @@ pub async fn run_job(
         );
     };
     shared.modify(&ns, &name, |j| status(j).start_time = Some(now()));
+    let container = pod::runner_container(&job);
     let run = async {
         for attempt in 1..=attempts {
-            shared.modify(&ns, &name, |j| status(j).active = Some(1));
-            let active = Shared::pod_started(&shared, &name);
-            let ok = match command.spawn() {
-                Ok(mut child) => child.wait().await.is_ok_and(|s| s.success()),
-                Err(_) => false,
-            };
-            drop(active);
-            if ok {
-                return true;
+            let code = run_attempt(&shared, &ns, &name, &job, attempt, &mut command).await;
+            if code == 0 {
+                return End::Succeeded;
             }
             shared.modify(&ns, &name, |j| {
                 let s = status(j);
                 s.active = Some(0);
                 s.failed = Some(s.failed.unwrap_or(0) + 1);
             });
+            if let Some(index) = pod::fail_job_rule(&job, &container, code) {
+                return End::FailJob(format!(
+                    "Container {container} for pod {ns}/{name} failed with exit code {code} matching FailJob rule at index {index}"
+                ));
+            }
             if attempt < attempts {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        false
+        End::BackoffLimit
     };
     tokio::select! {
         () = cancel.cancelled() => {}
         outcome = tokio::time::timeout(deadline, run) => match outcome {
-            Ok(true) => finish(&shared, &ns, &name, true, "CompletionsReached", "Reached expected number of succeeded pods"),
-            Ok(false) => finish(&shared, &ns, &name, false, "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
+            Ok(End::Succeeded) => finish(&shared, &ns, &name, true, "CompletionsReached", "Reached expected number of succeeded pods"),
+            Ok(End::BackoffLimit) => finish(&shared, &ns, &name, false, "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
+            Ok(End::FailJob(message)) => finish(&shared, &ns, &name, false, "PodFailurePolicy", &message),
             Err(_) => finish(&shared, &ns, &name, false, "DeadlineExceeded", "Job was active longer than specified deadline"),
         },
     }
 }
+
+/// How a Job's attempts ended.
+enum End {
+    Succeeded,
+    BackoffLimit,
+    /// A `FailJob` rule matched; the condition's message.
+    FailJob(String),
+}
+
+/// One attempt: a pod is created (once pods are no longer refused), its image pulled (once
+/// images are there), its container run; returns the exit code as a kubelet reports it.
+async fn run_attempt(
+    shared: &Arc<Shared>,
+    ns: &str,
+    job_name: &str,
+    job: &Job,
+    attempt: u32,
+    command: &mut Command,
+) -> i32 {
+    // As the real controller: pods refused by admission or a quota are retried, the Job
+    // staying active with no pod (its FailedCreate shows only in Events).
+    while shared.pods_refused() {
+        tokio::time::sleep(POLL).await;
+    }
+    let mut pod = shared.put_pod("ADDED", pod::new(job, attempt));
+    let image = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    let mut reason = "";
+    while shared.images_missing() {
+        // A kubelet tries once (ErrImagePull), then backs off (ImagePullBackOff).
+        let next = if reason.is_empty() {
+            "ErrImagePull"
+        } else {
+            "ImagePullBackOff"
+        };
+        if next != reason {
+            reason = next;
+            let message = format!("failed to pull image \"{image}\": not found");
+            pod::waiting(&mut pod, reason, &message);
+            pod = shared.put_pod("MODIFIED", pod);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    pod::running(&mut pod);
+    let mut pod = shared.put_pod("MODIFIED", pod);
+    shared.modify(ns, job_name, |j| status(j).active = Some(1));
+    let active = Shared::pod_started(shared, job_name);
+    let code = match command.spawn() {
+        Ok(mut child) => child.wait().await.map_or(1, exit_code),
+        // The runtime cannot start the command: the kubelet's StartError, code 128.
+        Err(_) => 128,
+    };
+    drop(active);
+    pod::terminated(&mut pod, code);
+    shared.put_pod("MODIFIED", pod);
+    code
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(9))
+}
+
+/// How often a stuck attempt checks whether its fault was removed.
+const POLL: Duration = Duration::from_millis(200);
 
 fn finish(shared: &Shared, ns: &str, name: &str, succeeded: bool, reason: &str, message: &str) {
     let condition = |kind: &str| JobCondition {

@@ -6,17 +6,23 @@
 //! `resourceVersion` (line-delimited watch events, as the real server streams them), delete
 //! (DELETED event, the pod killed). Status follows the real controller: `active`, `failed`,
 //! `succeeded`, `startTime`, `completionTime`, and the conditions `SuccessCriteriaMet` +
-//! `Complete` or `FailureTarget` + `Failed` (`BackoffLimitExceeded`, `DeadlineExceeded`).
-//! [`FakeKube::fail_for`] makes every request answer 500 or 429 for a while.
+//! `Complete` or `FailureTarget` + `Failed` (`BackoffLimitExceeded`, `DeadlineExceeded`,
+//! `PodFailurePolicy` for a `FailJob` exit-code rule, with the real controller's message).
+//! Pods: one per attempt, listed and watched at `/api/v1/namespaces/{ns}/pods`, labelled
+//! `batch.kubernetes.io/job-name`, deleted with their Job.
+//! Faults: [`FakeKube::fail_for`] makes every request answer 500 or 429 for a while;
+//! [`FakeKube::images_missing`] leaves pods in `ErrImagePull`/`ImagePullBackOff`;
+//! [`FakeKube::refuse_pods`] leaves Jobs without pods, as a quota does.
 
 mod api;
 mod controller;
+mod pod;
 mod store;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use store::Store;
@@ -40,6 +46,10 @@ pub struct Shared {
     watch_cuts: watch::Sender<u64>,
     /// Watch requests are refused (503) until then.
     watch_outage: Mutex<Option<Instant>>,
+    /// No pod can be created (admission or a quota refuses them).
+    pods_refused: AtomicBool,
+    /// Images cannot be pulled (a kind cluster the image was never loaded into).
+    images_missing: AtomicBool,
     stop: CancellationToken,
 }
 
@@ -87,11 +97,51 @@ impl Shared {
         self.changed.send_replace(rv);
     }
 
-    /// Deletes a Job as the API server would (an event; its pod is stopped).
+    fn pods_refused(&self) -> bool {
+        self.pods_refused.load(Ordering::SeqCst)
+    }
+
+    fn images_missing(&self) -> bool {
+        self.images_missing.load(Ordering::SeqCst)
+    }
+
+    /// Stores a pod and wakes the watchers.
+    fn put_pod(
+        &self,
+        kind: &'static str,
+        pod: k8s_openapi::api::core::v1::Pod,
+    ) -> k8s_openapi::api::core::v1::Pod {
+        let (pod, rv) = {
+            let mut store = self.store();
+            let pod = store.put_pod(kind, pod);
+            (pod, store.rv())
+        };
+        self.changed.send_replace(rv);
+        pod
+    }
+
+    /// Deletes a Job as the API server would (an event; its pods are stopped and deleted, as
+    /// the garbage collector does with propagation).
     fn delete_job(&self, ns: &str, name: &str) -> Option<k8s_openapi::api::batch::v1::Job> {
         let (removed, rv) = {
             let mut store = self.store();
             let removed = store.remove(ns, name);
+            let pods: Vec<String> = store
+                .pods
+                .iter()
+                .filter(|((n, _), p)| {
+                    n == ns
+                        && p.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(pod::JOB_NAME_LABEL))
+                            .is_some_and(|job| job == name)
+                })
+                .map(|((_, pod), _)| pod.clone())
+                .collect();
+            for pod in pods {
+                store.remove_pod(ns, &pod);
+            }
             (removed, store.rv())
         };
         let job = removed?;
@@ -179,6 +229,8 @@ impl FakeKube {
             controllers: Mutex::default(),
             watch_cuts: watch::channel(0).0,
             watch_outage: Mutex::default(),
+            pods_refused: AtomicBool::new(false),
+            images_missing: AtomicBool::new(false),
             stop: CancellationToken::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -234,6 +286,18 @@ impl FakeKube {
             .watch_outage
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// While `refused`, no pod can be created, as with a quota that is used up or an
+    /// admission webhook that says no: Jobs stay active without pods.
+    pub fn refuse_pods(&self, refused: bool) {
+        self.shared.pods_refused.store(refused, Ordering::SeqCst);
+    }
+
+    /// While `missing`, images cannot be pulled: pods wait in `ErrImagePull`, then
+    /// `ImagePullBackOff`, and start once the images are there.
+    pub fn images_missing(&self, missing: bool) {
+        self.shared.images_missing.store(missing, Ordering::SeqCst);
     }
 
     /// Forgets the event history up to now: a watch resuming from an older version gets 410

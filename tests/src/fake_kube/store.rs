@@ -1,10 +1,20 @@
-//! The fake API server's object store: Jobs by name, a resource version counter, and the log
-//! of watch events every watcher replays from.
+//! The fake API server's object store: Jobs and their pods by name, one resource version
+//! counter, and the log of watch events every watcher replays from.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+
+/// The kinds of object the fake serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// `batch/v1` Jobs.
+    Jobs,
+    /// `v1` Pods.
+    Pods,
+}
 
 /// One entry of the watch log.
 #[derive(Clone)]
@@ -13,16 +23,22 @@ pub struct Event {
     pub rv: u64,
     /// `ADDED`, `MODIFIED` or `DELETED`.
     pub kind: &'static str,
+    /// What kind of object changed.
+    pub resource: Resource,
+    /// Its namespace and labels, for watch filters.
+    pub meta: ObjectMeta,
     /// The object after the change.
-    pub job: Job,
+    pub object: Value,
 }
 
-/// Jobs and their history.
+/// Jobs, pods and their history.
 #[derive(Default)]
 pub struct Store {
     rv: u64,
     /// Jobs by namespace and name.
     pub jobs: BTreeMap<(String, String), Job>,
+    /// Pods by namespace and name.
+    pub pods: BTreeMap<(String, String), Pod>,
     /// Every change, in order.
     pub events: Vec<Event>,
     /// Watches from a version older than this get 410 Gone (etcd compacted the history).
@@ -35,17 +51,22 @@ impl Store {
         self.rv
     }
 
+    fn log(&mut self, kind: &'static str, resource: Resource, meta: &ObjectMeta, object: Value) {
+        self.events.push(Event {
+            rv: self.rv,
+            kind,
+            resource,
+            meta: meta.clone(),
+            object,
+        });
+    }
+
     /// Stores a new or changed Job, stamping its resource version and logging the event.
     pub fn put(&mut self, kind: &'static str, mut job: Job) -> Job {
         self.rv += 1;
         job.metadata.resource_version = Some(self.rv.to_string());
-        let key = key_of(&job);
-        self.jobs.insert(key, job.clone());
-        self.events.push(Event {
-            rv: self.rv,
-            kind,
-            job: job.clone(),
-        });
+        self.jobs.insert(key_of(&job.metadata), job.clone());
+        self.log(kind, Resource::Jobs, &job.metadata, json!(job));
         job
     }
 
@@ -55,12 +76,46 @@ impl Store {
         self.rv += 1;
         job.metadata.resource_version = Some(self.rv.to_string());
         job.metadata.deletion_timestamp = Some(now());
-        self.events.push(Event {
-            rv: self.rv,
-            kind: "DELETED",
-            job: job.clone(),
-        });
+        self.log("DELETED", Resource::Jobs, &job.metadata, json!(job));
         Some(job)
+    }
+
+    /// Stores a new or changed pod.
+    pub fn put_pod(&mut self, kind: &'static str, mut pod: Pod) -> Pod {
+        self.rv += 1;
+        pod.metadata.resource_version = Some(self.rv.to_string());
+        self.pods.insert(key_of(&pod.metadata), pod.clone());
+        self.log(kind, Resource::Pods, &pod.metadata, json!(pod));
+        pod
+    }
+
+    /// Removes a pod, logging its deletion.
+    pub fn remove_pod(&mut self, ns: &str, name: &str) {
+        if let Some(mut pod) = self.pods.remove(&(ns.to_owned(), name.to_owned())) {
+            self.rv += 1;
+            pod.metadata.resource_version = Some(self.rv.to_string());
+            self.log("DELETED", Resource::Pods, &pod.metadata, json!(pod));
+        }
+    }
+
+    /// The objects of `resource` in `ns` matching `selector`, as JSON.
+    pub fn list(&self, resource: Resource, ns: &str, selector: &Selector) -> Vec<Value> {
+        let here =
+            |meta: &ObjectMeta| meta.namespace.as_deref() == Some(ns) && selector.matches(meta);
+        match resource {
+            Resource::Jobs => self
+                .jobs
+                .values()
+                .filter(|j| here(&j.metadata))
+                .map(|j| json!(j))
+                .collect(),
+            Resource::Pods => self
+                .pods
+                .values()
+                .filter(|p| here(&p.metadata))
+                .map(|p| json!(p))
+                .collect(),
+        }
     }
 
     /// Applies `change` to a stored Job, if it still exists, as a MODIFIED event.
@@ -71,10 +126,10 @@ impl Store {
     }
 }
 
-fn key_of(job: &Job) -> (String, String) {
+fn key_of(meta: &ObjectMeta) -> (String, String) {
     (
-        job.metadata.namespace.clone().unwrap_or_default(),
-        job.metadata.name.clone().unwrap_or_default(),
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
     )
 }
 
@@ -109,9 +164,9 @@ impl Selector {
         Self(terms)
     }
 
-    /// Whether a Job's labels match.
-    pub fn matches(&self, job: &Job) -> bool {
-        let labels = job.metadata.labels.clone().unwrap_or_default();
+    /// Whether an object's labels match.
+    pub fn matches(&self, meta: &ObjectMeta) -> bool {
+        let labels = meta.labels.clone().unwrap_or_default();
         self.0.iter().all(|(key, want)| match want {
             None => labels.contains_key(key),
             Some((true, value)) => labels.get(key) == Some(value),

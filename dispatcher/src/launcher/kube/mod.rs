@@ -2,9 +2,11 @@
 //!
 //! Creates are idempotent by name (a retry after a crash meets 409 AlreadyExists and adopts the
 //! Job), paced by a client-side rate limit, and retried with backoff on 429, 5xx and connection
-//! errors. Outcomes come from the Job watch ([`watch`]), a task this launcher owns; a Job is
-//! deleted once its outcome is recorded.
+//! errors. Outcomes come from the Job watch ([`watch`]), a task this launcher owns, and from the
+//! pod watch ([`pods`]) for Jobs whose pods cannot run; a Job is deleted, its pods with it,
+//! once its outcome is recorded.
 
+pub mod pods;
 pub mod watch;
 
 use super::interface::{Launcher, Outcome, Running};
@@ -15,7 +17,9 @@ use crate::job::MANAGED_SELECTOR;
 use crate::retry::with_backoff;
 use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, PostParams, PropagationPolicy};
+use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::Writer;
 use kube::{Api, Client};
 use std::sync::Arc;
@@ -33,6 +37,8 @@ const API_BUDGET: Duration = Duration::from_secs(120);
 pub struct KubeLauncher {
     api: Api<Job>,
     tracker: Arc<JobTracker>,
+    /// The runners' pods, as the pod watch sees them.
+    pods: Store<Pod>,
     pacing: Mutex<Instant>,
     interval: Duration,
     abandon: CancellationToken,
@@ -75,7 +81,7 @@ impl KubeLauncher {
         abandon: CancellationToken,
         health: Arc<Health>,
     ) -> Self {
-        let api: Api<Job> = Api::namespaced(client, &config.job.namespace);
+        let api: Api<Job> = Api::namespaced(client.clone(), &config.job.namespace);
         let writer = Writer::default();
         let tracker = Arc::new(JobTracker::new(writer.as_reader(), &config.job.namespace));
         let stop_watch = CancellationToken::new();
@@ -84,12 +90,27 @@ impl KubeLauncher {
             watch::job_events(api.clone(), MANAGED_SELECTOR),
             writer,
             Arc::clone(&tracker),
+            Arc::clone(&health),
+            stop_watch.clone(),
+        ));
+        let graces = pods::Graces {
+            stuck: Duration::from_secs(config.job.pod_stuck_seconds),
+            create: Duration::from_secs(config.job.pod_create_seconds),
+        };
+        let (pods, pod_writer) = kube::runtime::reflector::store();
+        tokio::spawn(pods::watch(
+            Api::namespaced(client, &config.job.namespace),
+            MANAGED_SELECTOR,
+            (pods.clone(), pod_writer),
+            Arc::clone(&tracker),
+            graces,
             health,
             stop_watch.clone(),
         ));
         Self {
             api,
             tracker,
+            pods,
             pacing: Mutex::new(Instant::now()),
             interval: Duration::from_secs_f64(1.0 / config.job.kube_api_qps.max(0.1)),
             abandon,
@@ -106,12 +127,19 @@ impl KubeLauncher {
             return Err(e);
         }
         self.tracker.created(&name);
-        let abandon = self.abandon.clone();
+        let (abandon, pods) = (self.abandon.clone(), self.pods.clone());
         Ok(Box::pin(async move {
-            tokio::select! {
+            let outcome = tokio::select! {
                 // The Job keeps running in the cluster; the next dispatcher adopts it.
                 () = abandon.cancelled() => Outcome::Abandoned,
                 outcome = outcome => outcome.unwrap_or(Outcome::Abandoned),
+            };
+            match outcome {
+                Outcome::Failed { reason, cause } => Outcome::Failed {
+                    reason: pods::with_last_exit(&pods, &name, reason),
+                    cause,
+                },
+                other => other,
             }
         }))
     }

@@ -55,6 +55,8 @@ struct Waiter {
     tx: oneshot::Sender<Outcome>,
     /// The re-list count when the API server confirmed the Job; `None` until then.
     created_at: Option<u64>,
+    /// When the API server confirmed the Job.
+    created: Option<std::time::Instant>,
 }
 
 impl JobTracker {
@@ -91,6 +93,7 @@ impl JobTracker {
             let waiter = Waiter {
                 tx,
                 created_at: None,
+                created: None,
             };
             self.lock().waiters.insert(name.to_owned(), waiter);
         }
@@ -103,12 +106,40 @@ impl JobTracker {
         let relists = state.relists;
         if let Some(waiter) = state.waiters.get_mut(name) {
             waiter.created_at = Some(relists);
+            waiter.created = Some(std::time::Instant::now());
         }
         drop(state);
         // Adopted after it finished, and its last event already went by.
         if let Some(outcome) = self.finished(name) {
             self.resolve(name, outcome);
         }
+    }
+
+    /// Jobs created and still awaited, with when they were created, and whether the store
+    /// holds them suspended (Kueue): what [`super::pods`] checks for Jobs that cannot run.
+    pub fn waiting(&self) -> Vec<(String, std::time::Instant, bool)> {
+        let names: Vec<(String, std::time::Instant)> = self
+            .lock()
+            .waiters
+            .iter()
+            .filter_map(|(name, w)| w.created.map(|at| (name.clone(), at)))
+            .collect();
+        names
+            .into_iter()
+            .map(|(name, at)| {
+                let suspended = self
+                    .stored(&name)
+                    .and_then(|job| job.spec.as_ref()?.suspend)
+                    .unwrap_or(false);
+                (name, at, suspended)
+            })
+            .collect()
+    }
+
+    /// Ends the wait for Job `name` with `outcome`, decided outside the Job's own conditions
+    /// (its pods cannot run).
+    pub fn give_up(&self, name: &str, outcome: Outcome) {
+        self.resolve(name, outcome);
     }
 
     /// Forgets a Job the dispatcher has finished with.
