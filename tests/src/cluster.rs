@@ -130,8 +130,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// Deletes the dispatcher, then every runner Job, and waits until their pods are gone.
+    /// Deletes the dispatcher, then every runner Job, and waits until their pods are gone;
+    /// quotas a test left behind go too.
     pub async fn teardown(&self) -> Result<()> {
+        self.kubectl(&["-n", NAMESPACE, "delete", "resourcequotas", "--all"])
+            .await?;
         self.kubectl(&[
             "-n",
             NAMESPACE,

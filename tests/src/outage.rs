@@ -89,61 +89,89 @@ pub async fn outage_then_fix(
     fix: impl FnOnce(),
     expected: &str,
 ) -> f64 {
-    let (ids, messages) = workload();
-    env.publish(&messages).await.unwrap();
+    let ids = publish_workload(env).await;
     let stop = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
     let dispatcher = spawn_dispatcher_with(config.clone(), Arc::clone(&metrics), stop.clone());
-
-    // The breaker opens: Jobs were retried whole, none split, and the rest waits in RabbitMQ.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let all = batches(env).await;
-        if count(&all, "retried") >= 3 && env.queue_depth().await.unwrap() > 0 {
-            assert_eq!(count(&all, "split"), 0, "{name}: an outage split a batch");
-            assert_eq!(count(&all, "failed"), 0, "{name}: an outage failed a batch");
-            break;
-        }
-        assert!(Instant::now() < deadline, "{name}: no outage seen: {all:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let waiting = env.queue_depth().await.unwrap();
-    assert!(waiting > 0, "{name}: consumption paused");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let still = env.queue_depth().await.unwrap();
-    assert!(
-        still >= waiting,
-        "{name}: nothing consumed while the breaker is open ({waiting} then {still})"
-    );
-
-    // It says so: readiness, the metric, and `dispatcher status`, each with the reason.
+    wait_until_held_back(name, env, &config, expected, Duration::from_secs(120)).await;
+    // Readiness and the metric say so too, with the reason.
     let ready = metrics.health().ready().unwrap_err();
     assert!(
         ready.contains("runner:") && ready.contains(expected),
         "{ready}"
     );
     assert!(metrics.render().contains("sluice_runner_healthy 0"));
-    let report = status::report(&config).await.unwrap();
-    assert_eq!(report.runner["state"], "unhealthy", "{report:?}");
-    assert!(report.runner["reason"].contains(expected), "{report:?}");
-    assert!(
-        report.to_string().contains("runners: UNHEALTHY"),
-        "{report}"
-    );
+    let recovery = fix_and_check(name, env, &config, &ids, fix).await;
+    assert!(metrics.render().contains("sluice_runner_healthy 1"));
+    stop.cancel();
+    dispatcher.await.unwrap().unwrap();
+    env.cleanup().await.unwrap();
+    recovery
+}
 
+/// Publishes the workload; returns its ids.
+pub async fn publish_workload(env: &TestEnv) -> Vec<String> {
+    let (ids, messages) = workload();
+    env.publish(&messages).await.unwrap();
+    ids
+}
+
+/// Waits until the breaker holds launches back: Jobs were retried whole (none split, none
+/// failed), consumption is paused with messages waiting in RabbitMQ, and `dispatcher status`
+/// reports the runners unhealthy with `expected` in the reason.
+pub async fn wait_until_held_back(
+    name: &str,
+    env: &TestEnv,
+    config: &Config,
+    expected: &str,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let all = batches(env).await;
+        let report = status::report(config).await.unwrap();
+        let open = report.runner.get("state").map(String::as_str) == Some("unhealthy");
+        if open && count(&all, "retried") >= 3 && env.queue_depth().await.unwrap() > 0 {
+            assert_eq!(count(&all, "split"), 0, "{name}: an outage split a batch");
+            assert_eq!(count(&all, "failed"), 0, "{name}: an outage failed a batch");
+            assert!(report.runner["reason"].contains(expected), "{report:?}");
+            assert!(
+                report.to_string().contains("runners: UNHEALTHY"),
+                "{report}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{name}: no outage seen: {all:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let waiting = env.queue_depth().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = env.queue_depth().await.unwrap();
+    assert!(
+        still >= waiting,
+        "{name}: nothing consumed while the breaker is open ({waiting} then {still})"
+    );
+}
+
+/// Removes the fault and checks every message: only the poison one dead (of its crash),
+/// every other one `ok` once, nothing lost or duplicated, runners reported healthy again.
+/// Returns the seconds from the fix to the last result.
+pub async fn fix_and_check(
+    name: &str,
+    env: &TestEnv,
+    config: &Config,
+    ids: &[String],
+    fix: impl FnOnce(),
+) -> f64 {
     let fixed = Instant::now();
     fix();
-    let figures = env.figures(&ids, Duration::from_secs(180)).await.unwrap();
+    let figures = env.figures(ids, Duration::from_secs(600)).await.unwrap();
     let recovery = fixed.elapsed();
-    let report = status::report(&config).await.unwrap();
+    let report = status::report(config).await.unwrap();
     assert_eq!(
         report.runner["state"], "healthy",
         "recovered by itself: {report:?}"
     );
-    assert!(metrics.render().contains("sluice_runner_healthy 1"));
-    stop.cancel();
-    dispatcher.await.unwrap().unwrap();
-
     let all = batches(env).await;
     let extra_jobs = poison_jobs(&all);
     println!(
@@ -166,6 +194,5 @@ pub async fn outage_then_fix(
     for id in ids.iter().filter(|id| *id != POISON) {
         assert_eq!(env.result(id).await.unwrap()["status"], "ok", "{id}");
     }
-    env.cleanup().await.unwrap();
     recovery.as_secs_f64()
 }

@@ -50,7 +50,7 @@ async fn images_that_cannot_be_pulled_dead_letter_nothing_and_pods_run_once_they
         &env,
         config,
         || fake.images_missing(false),
-        "ImagePullBackOff",
+        "ImagePull",
     )
     .await;
     assert_eq!(fake.job_count(), 0, "every Job deleted, stuck ones too");

@@ -13,12 +13,18 @@
 use serde_json::json;
 use sluice_tests::cases::mixed;
 use sluice_tests::cluster::{Cluster, DISPATCHER_SA, NAMESPACE};
+use sluice_tests::outage::{SETTINGS, fix_and_check, publish_workload, wait_until_held_back};
 use sluice_tests::{Outgoing, TestEnv};
+use std::path::PathBuf;
 use std::time::Duration;
 
 const RESULTS: Duration = Duration::from_secs(240);
 const CLEAN: Duration = Duration::from_secs(120);
 const POISON: Duration = Duration::from_secs(600);
+/// How long the outage cases may take to open the breaker on a real cluster.
+const OUTAGE: Duration = Duration::from_secs(300);
+/// The outage case's quota's name (teardown deletes it whatever happened).
+const QUOTA: &str = "sluice-test-no-room";
 
 /// `count` sleep messages of `ms` each, and their ids.
 fn sleepers(tag: &str, count: usize, ms: u64) -> (Vec<String>, Vec<Outgoing>) {
@@ -74,9 +80,9 @@ async fn mixed_messages_and_a_poison_message_run_as_real_jobs_and_are_cleaned_up
     let cases = mixed(200);
     let poison = Outgoing::json(&json!({"id": "poison", "kernel": "crash", "input": "x"}));
     env.publish(&[poison]).await.unwrap();
-    // Isolating the poison message takes about 7 bisection levels of 40 messages, and on a real
-    // cluster each failing level costs the Job controller's pod back-off (10 s, then 20 s, with
-    // the manifests' JOB_BACKOFF_LIMIT of 2): about half a minute a level.
+    // Isolating the poison message takes a few levels among its runner's suspects, and on a
+    // real cluster each failing level costs the Job controller's pod back-off (10 s, then 20 s,
+    // with the manifests' JOB_BACKOFF_LIMIT of 2): about half a minute a level.
     env.run_cases(&cases, POISON).await.unwrap();
     let results = env
         .wait_for_results(&["poison".to_owned()], POISON)
@@ -85,10 +91,11 @@ async fn mixed_messages_and_a_poison_message_run_as_real_jobs_and_are_cleaned_up
     let dead = &results["poison"];
     assert_eq!(dead["status"], "dead", "{dead:?}");
     // The real Job controller's Failed condition says only that the back-off limit was hit; the
-    // runner's exit code is on its pods, which the dispatcher does not read yet.
+    // runner's exit code is on its pods, which the dispatcher's pod watch adds.
     assert!(
-        dead["error"].contains("BackoffLimitExceeded"),
-        "the reason is the Job's: {dead:?}"
+        dead["error"].contains("BackoffLimitExceeded")
+            && dead["error"].contains("exit code 134 (signal 6)"),
+        "the reason is the Job's and its last pod's: {dead:?}"
     );
     assert_eq!(
         env.stream_len().await.unwrap(),
@@ -255,5 +262,90 @@ async fn a_pod_that_is_not_restricted_is_refused_in_the_namespace() {
         "refused by Pod Security: {stderr}"
     );
     cluster.teardown().await.unwrap();
+    env.cleanup().await.unwrap();
+}
+
+/// The outage settings, with short graces for stuck pods and pod-less Jobs.
+fn outage_settings() -> Vec<(&'static str, &'static str)> {
+    let mut settings = SETTINGS.to_vec();
+    settings.extend([("POD_STUCK_SECONDS", "5"), ("POD_CREATE_SECONDS", "10")]);
+    settings
+}
+
+/// Puts a file back as it was when dropped, whatever the test did.
+struct Restore(PathBuf, Vec<u8>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, &self.1);
+    }
+}
+
+/// The runner image disappears from the node (a kind cluster it was never loaded into): its
+/// pods wait in `ErrImagePull`; nothing is dead-lettered, and once the image is back every
+/// message but the poison one ends `ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_cannot_be_pulled_is_an_outage_that_ends_when_the_image_is_there() {
+    let (cluster, _serial) = Cluster::get().await.unwrap();
+    let env = TestEnv::new("real-image").await.unwrap();
+    cluster.teardown().await.unwrap();
+    cluster.deploy(&env, &outage_settings()).await.unwrap();
+    // The dispatcher's pod runs already; only new containers pull.
+    let table = cluster.kubeconfig().with_file_name("images.json");
+    let original = std::fs::read(&table).unwrap();
+    let restore = Restore(table.clone(), original.clone());
+    let mut images: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&original).unwrap();
+    images.remove("sluice:0.1.0").unwrap();
+    std::fs::write(&table, serde_json::to_vec(&images).unwrap()).unwrap();
+
+    let config = env.config(&[]).unwrap();
+    let ids = publish_workload(&env).await;
+    let name = "real cluster: runner image cannot be pulled";
+    wait_until_held_back(name, &env, &config, "ImagePull", OUTAGE).await;
+    fix_and_check(name, &env, &config, &ids, || drop(restore)).await;
+    cluster.wait_until_clean(CLEAN).await.unwrap();
+    cluster.teardown().await.unwrap();
+    env.cleanup().await.unwrap();
+}
+
+/// A quota with no room for runner pods: the Job controller cannot create them
+/// (`FailedCreate`); nothing is dead-lettered, and once the quota is gone every message but
+/// the poison one ends `ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_that_refuses_pods_is_an_outage_that_ends_when_it_has_room() {
+    let (cluster, _serial) = Cluster::get().await.unwrap();
+    let env = TestEnv::new("real-quota").await.unwrap();
+    cluster.teardown().await.unwrap();
+    cluster.deploy(&env, &outage_settings()).await.unwrap();
+    // The dispatcher's own pod uses the one pod the quota allows.
+    let quota = std::env::temp_dir().join(format!("{}-quota.yaml", env.prefix));
+    std::fs::write(
+        &quota,
+        format!("apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: {QUOTA}, namespace: {NAMESPACE}}}\nspec: {{hard: {{pods: \"1\"}}}}\n"),
+    )
+    .unwrap();
+    cluster
+        .kubectl(&["apply", "-f", &quota.display().to_string()])
+        .await
+        .unwrap();
+
+    let config = env.config(&[]).unwrap();
+    let ids = publish_workload(&env).await;
+    let name = "real cluster: quota refuses runner pods";
+    wait_until_held_back(name, &env, &config, "FailedCreate", OUTAGE).await;
+    let kubeconfig = cluster.kubeconfig().display().to_string();
+    let remove_quota = || {
+        let deleted = std::process::Command::new("kubectl")
+            .args(["--kubeconfig", &kubeconfig, "-n", NAMESPACE])
+            .args(["delete", "resourcequota", QUOTA])
+            .status()
+            .unwrap();
+        assert!(deleted.success());
+    };
+    fix_and_check(name, &env, &config, &ids, remove_quota).await;
+    cluster.wait_until_clean(CLEAN).await.unwrap();
+    cluster.teardown().await.unwrap();
+    let _ = std::fs::remove_file(quota);
     env.cleanup().await.unwrap();
 }
