@@ -69,9 +69,11 @@ test: setup services validate image-check deny
 	scripts/cluster.sh up
 	@# The build's settings, so vet reuses its compiled packages (tests/controlplane/build.sh).
 	cd tests/controlplane && test -z "$$(gofmt -l .)" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-trimpath go vet ./...
-	@rm -f target/reliability.tsv
+	@rm -f target/reliability.tsv target/outages.tsv
 	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; \
 	  status=$$?; echo; scripts/reliability-table.sh target/reliability.tsv || status=1; \
+	  if [ -f target/outages.tsv ]; then echo "outages: case, seconds from the fix to the last result, batches retried, extra Jobs for the poison message"; \
+	    sed 's/^/  /' target/outages.tsv; fi; \
 	  scripts/test-summary.sh target/test.log; exit $$status
 
 ## The test cluster: upstream kube-apiserver, controller manager, scheduler and etcd built from

@@ -109,6 +109,23 @@ pub async fn outage_then_fix(
     recovery
 }
 
+/// Appends one case's figures to `target/outages.tsv`, which `make test` prints.
+fn record_recovery(name: &str, recovery: Duration, retried: usize, extra_jobs: usize) {
+    use std::io::Write as _;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/outages.tsv");
+    let row = format!(
+        "{name}\t{:.1}\t{retried}\t{extra_jobs}\n",
+        recovery.as_secs_f64()
+    );
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = file.write_all(row.as_bytes());
+    }
+}
+
 /// Publishes the workload; returns its ids.
 pub async fn publish_workload(env: &TestEnv) -> Vec<String> {
     let (ids, messages) = workload();
@@ -180,6 +197,7 @@ pub async fn fix_and_check(
         count(&all, "retried"),
     );
     record(&format!("outage, then fixed: {name}"), 1, &figures);
+    record_recovery(name, recovery, count(&all, "retried"), extra_jobs);
     assert_eq!((figures.lost, figures.duplicated), (0, 0), "{figures:?}");
     assert_eq!(
         figures.dead, 1,

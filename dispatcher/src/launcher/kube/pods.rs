@@ -7,8 +7,10 @@
 //! A reflector keeps the pods carrying sluice's labels; every few seconds each awaited Job is
 //! judged:
 //! - a pod waiting with a reason that needs a person (`ErrImagePull`, `ImagePullBackOff`,
-//!   `InvalidImageName`, `CreateContainerConfigError`, …) or unschedulable, for
-//!   `POD_STUCK_SECONDS`: the Job is an outage with that reason;
+//!   `InvalidImageName`, `CreateContainerConfigError`, …) for `POD_STUCK_SECONDS`, or
+//!   unschedulable that long while no other runner pod holds a node (one that waits for
+//!   capacity its siblings hold is not stuck: more Jobs in flight than the nodes fit is
+//!   normal): the Job is an outage with that reason;
 //! - no pod at all `POD_CREATE_SECONDS` after the Job was created (and the Job not
 //!   suspended for Kueue): the Job cannot create its pods (`FailedCreate`), an outage.
 //!
@@ -56,8 +58,17 @@ pub struct Graces {
     pub create: Duration,
 }
 
-/// Why `pod` cannot run, if it is stuck for a reason that needs a person.
-pub fn stuck_reason(pod: &Pod) -> Option<String> {
+/// Why a pod cannot run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck {
+    /// The reason and message, as the pod says them.
+    pub reason: String,
+    /// Unschedulable: capacity that running pods hold may free up.
+    pub for_capacity: bool,
+}
+
+/// Why `pod` cannot run, if it is stuck for a reason that needs a person or capacity.
+pub fn stuck(pod: &Pod) -> Option<Stuck> {
     let status = pod.status.as_ref()?;
     let containers = status
         .init_container_statuses
@@ -71,7 +82,10 @@ pub fn stuck_reason(pod: &Pod) -> Option<String> {
         let reason = waiting.reason.as_deref().unwrap_or_default();
         if STUCK_WAITING.contains(&reason) {
             let message = waiting.message.as_deref().unwrap_or("no message");
-            return Some(format!("{reason}: {message} (pod {})", pod.name_any()));
+            return Some(Stuck {
+                reason: format!("{reason}: {message} (pod {})", pod.name_any()),
+                for_capacity: false,
+            });
         }
     }
     status
@@ -82,8 +96,18 @@ pub fn stuck_reason(pod: &Pod) -> Option<String> {
         .filter(|c| c.reason.as_deref() == Some("Unschedulable"))
         .map(|c| {
             let message = c.message.as_deref().unwrap_or("no node fits");
-            format!("Unschedulable: {message} (pod {})", pod.name_any())
+            Stuck {
+                reason: format!("Unschedulable: {message} (pod {})", pod.name_any()),
+                for_capacity: true,
+            }
         })
+}
+
+/// Bound to a node and not finished: it holds capacity that will free up.
+fn holds_node(pod: &Pod) -> bool {
+    let bound = pod.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    bound && matches!(phase, Some("Pending" | "Running"))
 }
 
 /// `reason` with how the Job's last pod ended, when the watch saw it: the Job's own
@@ -180,6 +204,7 @@ impl Judge {
             return;
         }
         let pods = self.store.state();
+        let any_running = pods.iter().any(|p| holds_node(p));
         let waiting = self.tracker.waiting();
         self.stuck_since
             .retain(|name, _| waiting.iter().any(|(w, _, _)| w == name));
@@ -191,7 +216,11 @@ impl Judge {
                 .iter()
                 .filter(|p| p.labels().get(JOB_NAME_LABEL) == Some(&job))
                 .collect();
-            let verdict = match mine.iter().find_map(|p| stuck_reason(p)) {
+            let stuck = mine
+                .iter()
+                .filter_map(|p| stuck(p))
+                .find(|s| !(s.for_capacity && any_running));
+            let verdict = match stuck.map(|s| s.reason) {
                 Some(reason) => {
                     let since = *self.stuck_since.entry(job.clone()).or_insert(now);
                     (now.duration_since(since) >= self.graces.stuck).then_some(reason)
@@ -245,16 +274,21 @@ mod tests {
         pod
     }
 
+    #[allow(clippy::unwrap_used)]
     #[test]
     fn waiting_reasons_that_need_a_person_are_stuck_and_others_are_not() {
         for reason in STUCK_WAITING {
-            let why = stuck_reason(&waiting(reason)).unwrap_or_default();
-            assert!(why.starts_with(reason), "{why}");
+            let why = stuck(&waiting(reason)).unwrap();
+            assert!(
+                why.reason.starts_with(reason) && !why.for_capacity,
+                "{why:?}"
+            );
         }
-        assert_eq!(stuck_reason(&waiting("ContainerCreating")), None);
-        assert_eq!(stuck_reason(&Pod::default()), None);
+        assert_eq!(stuck(&waiting("ContainerCreating")), None);
+        assert_eq!(stuck(&Pod::default()), None);
     }
 
+    #[allow(clippy::unwrap_used)]
     #[test]
     fn an_unschedulable_pod_is_stuck() {
         let pod = Pod {
@@ -270,7 +304,11 @@ mod tests {
             }),
             ..Default::default()
         };
-        let why = stuck_reason(&pod).unwrap_or_default();
-        assert!(why.starts_with("Unschedulable: 0/1 nodes"), "{why}");
+        let why = stuck(&pod).unwrap();
+        assert!(
+            why.reason.starts_with("Unschedulable: 0/1 nodes"),
+            "{why:?}"
+        );
+        assert!(why.for_capacity, "waits for capacity its siblings may free");
     }
 }
