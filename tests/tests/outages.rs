@@ -15,7 +15,8 @@ use std::time::Duration;
 
 /// What stops runners from working, and how it is removed.
 enum Fault {
-    /// The runner exits before work, as with a broken configuration (exit 78).
+    /// The runner exits before work: with an outage code, or any other code (a wrapper
+    /// script's `exit 1`), which only attribution tells from a crash.
     ExitsBeforeWork(PathBuf),
     /// Runners reach Redis through a proxy that refuses every connection.
     RedisUnreachable(Proxy),
@@ -30,12 +31,12 @@ impl Fault {
     }
 }
 
-/// A `RUNNER_BIN` that exits 78 while `flag` exists, else runs the real runner, with Redis at
-/// `redis_url`.
-fn runner_script(env: &TestEnv, flag: &Path, redis_url: &str) -> PathBuf {
+/// A `RUNNER_BIN` that exits `code` while `flag` exists, else runs the real runner, with
+/// Redis at `redis_url`.
+fn runner_script(env: &TestEnv, flag: &Path, code: u8, redis_url: &str) -> PathBuf {
     let script = std::env::temp_dir().join(format!("{}-runner.sh", env.prefix));
     let text = format!(
-        "#!/bin/sh\n[ -e '{flag}' ] && exit 78\nREDIS_URL='{redis_url}' exec '{runner}'\n",
+        "#!/bin/sh\n[ -e '{flag}' ] && exit {code}\nREDIS_URL='{redis_url}' exec '{runner}'\n",
         flag = flag.display(),
         runner = binary("runner").display()
     );
@@ -57,7 +58,7 @@ async fn a_runner_that_exits_before_work_dead_letters_nothing_and_resumes_once_f
     let env = TestEnv::new("outage-exit").await.unwrap();
     let flag = std::env::temp_dir().join(format!("{}-broken", env.prefix));
     std::fs::write(&flag, "").unwrap();
-    let runner = runner_script(&env, &flag, &env.redis_url);
+    let runner = runner_script(&env, &flag, 78, &env.redis_url);
     let fault = Fault::ExitsBeforeWork(flag);
     let config = local_config(&env, &runner);
     outage_then_fix(
@@ -81,7 +82,7 @@ async fn runners_that_cannot_reach_redis_dead_letter_nothing_and_resume_once_it_
     proxy.cut(Duration::from_secs(3600));
     let url = format!("redis://127.0.0.1:{}/", proxy.port());
     let never = std::env::temp_dir().join(format!("{}-never", env.prefix));
-    let runner = runner_script(&env, &never, &url);
+    let runner = runner_script(&env, &never, 78, &url);
     let fault = Fault::RedisUnreachable(proxy);
     let config = local_config(&env, &runner);
     outage_then_fix(
@@ -90,6 +91,28 @@ async fn runners_that_cannot_reach_redis_dead_letter_nothing_and_resume_once_it_
         config,
         || fault.fix(),
         "exit code 69",
+    )
+    .await;
+    let _ = std::fs::remove_file(runner);
+}
+
+/// Exit 1 is not an outage code: only attribution (no run ever reached the batch) tells this
+/// broken runner from one that crashed on a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_exits_1_before_work_is_an_outage_too_by_attribution() {
+    require_binaries().unwrap();
+    let env = TestEnv::new("outage-exit1").await.unwrap();
+    let flag = std::env::temp_dir().join(format!("{}-broken", env.prefix));
+    std::fs::write(&flag, "").unwrap();
+    let runner = runner_script(&env, &flag, 1, &env.redis_url);
+    let fault = Fault::ExitsBeforeWork(flag);
+    let config = local_config(&env, &runner);
+    outage_then_fix(
+        "runner exits 1 before work",
+        &env,
+        config,
+        || fault.fix(),
+        "never reached the batch",
     )
     .await;
     let _ = std::fs::remove_file(runner);

@@ -93,12 +93,7 @@ async fn run_attempt(
         tokio::time::sleep(POLL).await;
     }
     let mut pod = shared.put_pod("ADDED", pod::new(job, attempt));
-    let image = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
+    let image = pod::image(&pod);
     let mut reason = "";
     while shared.images_missing() {
         // A kubelet tries once (ErrImagePull), then backs off (ImagePullBackOff).

@@ -66,14 +66,18 @@ fn container_name(pod: &Pod) -> String {
         .unwrap_or_default()
 }
 
-fn set_state(pod: &mut Pod, phase: &str, state: ContainerState) {
-    let name = container_name(pod);
-    let image = pod
-        .spec
+/// The pod's (first container's) image.
+pub fn image(pod: &Pod) -> String {
+    pod.spec
         .as_ref()
         .and_then(|s| s.containers.first())
         .and_then(|c| c.image.clone())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn set_state(pod: &mut Pod, phase: &str, state: ContainerState) {
+    let name = container_name(pod);
+    let image = image(pod);
     let status = pod.status.get_or_insert_with(PodStatus::default);
     status.phase = Some(phase.into());
     status.container_statuses = Some(vec![ContainerStatus {
