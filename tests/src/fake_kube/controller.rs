@@ -37,8 +37,18 @@ pub async fn run_job(
     shared.modify(&ns, &name, |j| status(j).start_time = Some(now()));
     let container = pod::runner_container(&job);
     let run = async {
-        for attempt in 1..=attempts {
-            let code = run_attempt(&shared, &ns, &name, &job, attempt, &mut command).await;
+        let mut attempt = 0;
+        while attempt < attempts {
+            attempt += 1;
+            let code = match run_attempt(&shared, &ns, &name, &job, attempt, &mut command).await {
+                // The Job's Ignore rule on DisruptionTarget: the pod is replaced, not counted.
+                Ran::Evicted if pod::ignores_disruptions(&job) => {
+                    attempt -= 1;
+                    continue;
+                }
+                Ran::Evicted => 137,
+                Ran::Exited(code) => code,
+            };
             if code == 0 {
                 return End::Succeeded;
             }
@@ -77,8 +87,17 @@ enum End {
     FailJob(String),
 }
 
+/// How one attempt's pod ended.
+enum Ran {
+    /// Its container exited with this code (as a kubelet reports it: 128 + n for signal n).
+    Exited(i32),
+    /// It was evicted while running (condition `DisruptionTarget`).
+    Evicted,
+}
+
 /// One attempt: a pod is created (once pods are no longer refused), its image pulled (once
-/// images are there), its container run; returns the exit code as a kubelet reports it.
+/// images are there), it waits while pods are held in a waiting reason, its container runs
+/// until it exits or the pod is evicted.
 async fn run_attempt(
     shared: &Arc<Shared>,
     ns: &str,
@@ -86,7 +105,7 @@ async fn run_attempt(
     job: &Job,
     attempt: u32,
     command: &mut Command,
-) -> i32 {
+) -> Ran {
     // As the real controller: pods refused by admission or a quota are retried, the Job
     // staying active with no pod (its FailedCreate shows only in Events).
     while shared.pods_refused() {
@@ -110,19 +129,39 @@ async fn run_attempt(
         }
         tokio::time::sleep(POLL).await;
     }
+    let mut held = None;
+    while let Some(reason) = shared.pods_held() {
+        if held.as_ref() != Some(&reason) {
+            pod::held(&mut pod, &reason);
+            pod = shared.put_pod("MODIFIED", pod);
+            held = Some(reason);
+        }
+        tokio::time::sleep(POLL).await;
+    }
     pod::running(&mut pod);
     let mut pod = shared.put_pod("MODIFIED", pod);
     shared.modify(ns, job_name, |j| status(j).active = Some(1));
     let active = Shared::pod_started(shared, job_name);
-    let code = match command.spawn() {
-        Ok(mut child) => child.wait().await.map_or(1, exit_code),
+    let mut evictions = shared.evictions.subscribe();
+    let ran = match command.spawn() {
+        Ok(mut child) => tokio::select! {
+            status = child.wait() => Ran::Exited(status.map_or(1, exit_code)),
+            _ = evictions.changed() => {
+                let _ = child.kill().await;
+                shared.stats().evicted += 1;
+                Ran::Evicted
+            }
+        },
         // The runtime cannot start the command: the kubelet's StartError, code 128.
-        Err(_) => 128,
+        Err(_) => Ran::Exited(128),
     };
     drop(active);
-    pod::terminated(&mut pod, code);
+    match ran {
+        Ran::Exited(code) => pod::terminated(&mut pod, code),
+        Ran::Evicted => pod::evicted(&mut pod),
+    }
     shared.put_pod("MODIFIED", pod);
-    code
+    ran
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {

@@ -12,7 +12,9 @@
 //! `batch.kubernetes.io/job-name`, deleted with their Job.
 //! Faults: [`FakeKube::fail_for`] makes every request answer 500 or 429 for a while;
 //! [`FakeKube::images_missing`] leaves pods in `ErrImagePull`/`ImagePullBackOff`;
-//! [`FakeKube::refuse_pods`] leaves Jobs without pods, as a quota does.
+//! [`FakeKube::refuse_pods`] leaves Jobs without pods, as a quota does;
+//! [`FakeKube::hold_pods`] holds new pods unschedulable or in a waiting reason;
+//! [`FakeKube::evict_running_pods`] evicts (`DisruptionTarget`) as a node drain does.
 
 mod api;
 mod controller;
@@ -50,6 +52,10 @@ pub struct Shared {
     pods_refused: AtomicBool,
     /// Images cannot be pulled (a kind cluster the image was never loaded into).
     images_missing: AtomicBool,
+    /// New pods are held in this waiting reason (or `Unschedulable`) until cleared.
+    pods_held: Mutex<Option<String>>,
+    /// Bumped to evict every running pod.
+    evictions: watch::Sender<u64>,
     stop: CancellationToken,
 }
 
@@ -72,6 +78,8 @@ pub struct Stats {
     pub gone: u32,
     /// Watch requests refused during a watch outage.
     pub watch_refusals: u32,
+    /// Running pods evicted.
+    pub evicted: u32,
 }
 
 impl Shared {
@@ -103,6 +111,13 @@ impl Shared {
 
     fn images_missing(&self) -> bool {
         self.images_missing.load(Ordering::SeqCst)
+    }
+
+    fn pods_held(&self) -> Option<String> {
+        self.pods_held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Stores a pod and wakes the watchers.
@@ -231,6 +246,8 @@ impl FakeKube {
             watch_outage: Mutex::default(),
             pods_refused: AtomicBool::new(false),
             images_missing: AtomicBool::new(false),
+            pods_held: Mutex::default(),
+            evictions: watch::channel(0).0,
             stop: CancellationToken::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -298,6 +315,22 @@ impl FakeKube {
     /// `ImagePullBackOff`, and start once the images are there.
     pub fn images_missing(&self, missing: bool) {
         self.shared.images_missing.store(missing, Ordering::SeqCst);
+    }
+
+    /// While `Some(reason)`, pods are held before their container starts: `Unschedulable`, or
+    /// a container waiting reason such as `InvalidImageName` or `CreateContainerConfigError`.
+    pub fn hold_pods(&self, reason: Option<&str>) {
+        *self
+            .shared
+            .pods_held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = reason.map(str::to_owned);
+    }
+
+    /// Evicts every running pod, as a node drain does: the container is killed and the pod
+    /// fails with the condition `DisruptionTarget`, which the Job's policy may ignore.
+    pub fn evict_running_pods(&self) {
+        self.shared.evictions.send_modify(|n| *n += 1);
     }
 
     /// Forgets the event history up to now: a watch resuming from an older version gets 410

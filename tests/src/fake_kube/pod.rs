@@ -102,6 +102,58 @@ pub fn waiting(pod: &mut Pod, reason: &str, message: &str) {
     set_state(pod, "Pending", state);
 }
 
+/// The pod is held before its container starts: `Unschedulable` (its `PodScheduled`
+/// condition false) or a container waiting reason (`InvalidImageName`,
+/// `CreateContainerConfigError`, …).
+pub fn held(pod: &mut Pod, reason: &str) {
+    if reason == "Unschedulable" {
+        let status = pod.status.get_or_insert_with(PodStatus::default);
+        status.conditions = Some(vec![PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some("0/1 nodes are available: 1 Insufficient cpu.".into()),
+            last_transition_time: Some(now()),
+            ..Default::default()
+        }]);
+    } else {
+        waiting(pod, reason, "held by the fake API server");
+    }
+}
+
+/// The pod was evicted while running: `DisruptionTarget` true, the container killed.
+pub fn evicted(pod: &mut Pod) {
+    terminated(pod, 137);
+    let status = pod.status.get_or_insert_with(PodStatus::default);
+    status
+        .conditions
+        .get_or_insert_with(Vec::new)
+        .push(PodCondition {
+            type_: "DisruptionTarget".into(),
+            status: "True".into(),
+            reason: Some("EvictionByEvictionAPI".into()),
+            message: Some("Eviction API: evicting".into()),
+            last_transition_time: Some(now()),
+            ..Default::default()
+        });
+}
+
+/// Whether the Job's `podFailurePolicy` ignores pods failed by a disruption.
+pub fn ignores_disruptions(job: &Job) -> bool {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.pod_failure_policy.as_ref())
+        .is_some_and(|p| {
+            p.rules.iter().any(|r| {
+                r.action == "Ignore"
+                    && r.on_pod_conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+            })
+        })
+}
+
 /// The container runs.
 pub fn running(pod: &mut Pod) {
     let state = ContainerState {
