@@ -5,9 +5,10 @@
 
 use crate::breaker::Breaker;
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::job;
-use crate::launcher::{Launcher, Outcome, Running};
+use crate::launcher::{Cause, Launcher, Outcome, Running};
 use crate::metrics::Metrics;
 use crate::settle::{DeadLetterSettings, Settled, settle};
 use crate::sizer::Sizer;
@@ -19,6 +20,35 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// How a batch comes to be launched, which decides what a failed create means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    /// Its deliveries are not acked yet: a transient failure can hand them back to RabbitMQ.
+    Fresh,
+    /// Staged already (a split half, a retry, a batch recovered at start): nothing to hand
+    /// back, so every failure to create the Job becomes the batch's outcome.
+    Staged,
+}
+
+/// A followed Job's outcome, due by a time (liveness), until dropped.
+struct Due<'a> {
+    health: &'a Health,
+    what: String,
+}
+
+impl<'a> Due<'a> {
+    fn new(health: &'a Health, what: String, by: std::time::Instant) -> Self {
+        health.expect(what.clone(), by);
+        Self { health, what }
+    }
+}
+
+impl Drop for Due<'_> {
+    fn drop(&mut self) {
+        self.health.met(&self.what);
+    }
+}
 
 /// The running Jobs and what they need; cheap to clone into tasks.
 #[derive(Clone)]
@@ -87,7 +117,19 @@ impl Flight {
 
     /// Launches the Job of a staged batch and tracks it until its outcome is recorded. The
     /// caller has passed the breaker ([`Breaker::admit`]).
-    pub async fn launch(&self, batch_id: &str, permit: OwnedSemaphorePermit) -> Result<()> {
+    ///
+    /// A create the API server refuses for good (403 from a quota or a terminating namespace,
+    /// 404, 422), or, for a [`Launch::Staged`] batch, one it does not take within the
+    /// launcher's retry budget, becomes the batch's outcome: an outage, retried whole after a
+    /// backoff through the breaker, never a crash loop and never a stranded batch. An `Err`
+    /// means the batch was not launched and is staged again: a fresh batch's transient
+    /// failure (its deliveries then go back to RabbitMQ), or Redis failing.
+    pub async fn launch(
+        &self,
+        batch_id: &str,
+        permit: OwnedSemaphorePermit,
+        kind: Launch,
+    ) -> Result<()> {
         let inner = &self.inner;
         let job = job::build(&inner.config, batch_id);
         let launched = async {
@@ -95,11 +137,18 @@ impl Flight {
                 .stager
                 .set_state(batch_id, BatchState::Running)
                 .await?;
-            inner.launcher.launch(&job).await
+            Ok::<_, Error>(inner.launcher.launch(&job).await)
         };
         let running = match launched.await {
-            Ok(running) => running,
-            Err(e) => {
+            Ok(Ok(running)) => running,
+            Ok(Err(e)) if kind == Launch::Staged || !e.is_transient() => {
+                inner.metrics.launch_refusals.inc();
+                inner.metrics.error(e.metric_label());
+                tracing::warn!(batch = %batch_id, error = %e, "the job could not be created; the batch will be retried whole");
+                let reason = format!("LaunchRefused: {e}");
+                Box::pin(std::future::ready(Outcome::failed(Cause::Outage, reason)))
+            }
+            Ok(Err(e)) | Err(e) => {
                 inner.breaker.probe_not_launched();
                 // Back to staged: an open batch is tried again on the next start.
                 inner.stager.set_state(batch_id, BatchState::Staged).await?;
@@ -119,6 +168,13 @@ impl Flight {
         let inner = &self.inner;
         let timer = inner.metrics.time_job();
         let launched = std::time::Instant::now();
+        // The launcher bounds the wait (`JOB_WAIT_SECONDS`); past that and some slack, the
+        // dispatcher is stuck and liveness says so.
+        let due = Due::new(
+            inner.metrics.health(),
+            format!("outcome of batch {batch_id}"),
+            launched + inner.config.job_wait_limit() + 3 * inner.config.job_slack(),
+        );
         let outcome = running.await;
         let lasted = launched.elapsed();
         drop(timer);
@@ -136,7 +192,10 @@ impl Flight {
             stream_maxlen: inner.config.redis.results_maxlen,
         };
         let recorded = match settle(&inner.stager, &batch_id, &outcome, settings).await {
-            Ok(settled) => self.after_settle(&batch_id, settled, permit, lasted).await,
+            Ok(settled) => {
+                drop(due);
+                self.after_settle(&batch_id, settled, permit, lasted).await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = recorded {
@@ -154,7 +213,10 @@ impl Flight {
         lasted: Duration,
     ) -> Result<()> {
         let inner = &self.inner;
-        inner.launcher.finished(&job::job_name(batch_id)).await?;
+        if let Err(e) = inner.launcher.finished(&job::job_name(batch_id)).await {
+            // The outcome is recorded: a Job left behind costs nothing but its TTL.
+            tracing::warn!(batch = %batch_id, error = %e, "could not release the finished job");
+        }
         if let Some((messages, work_us)) = inner.stager.work(batch_id).await? {
             inner
                 .sizer
@@ -213,7 +275,7 @@ impl Flight {
         permit: OwnedSemaphorePermit,
     ) -> BoxFuture<'static, Result<()>> {
         let flight = self.clone();
-        Box::pin(async move { flight.launch(&batch_id, permit).await })
+        Box::pin(async move { flight.launch(&batch_id, permit, Launch::Staged).await })
     }
 
     /// Lets running Jobs finish within `grace`, then abandons the rest; returns how many were

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
 
 /// The consumer is not connected to RabbitMQ (set at start until the first session opens).
 pub const CONSUMER: &str = "consumer";
@@ -15,11 +16,16 @@ pub const JOB_WATCH: &str = "job-watch";
 pub const POD_WATCH: &str = "pod-watch";
 /// Runners keep failing to do their work; launches are held back ([`crate::breaker`]).
 pub const RUNNER: &str = "runner";
+/// Jobs created suspended (Kueue) are not admitted: more work would only wait behind them.
+pub const ADMISSION: &str = "admission";
 
-/// What stops the dispatcher from being ready, by part.
+/// What stops the dispatcher from being ready, by part; and, for liveness, the waits that
+/// must have ended by a time.
 #[derive(Debug)]
 pub struct Health {
     blocks: Mutex<BTreeMap<&'static str, String>>,
+    /// Each followed Job's outcome is due by its hard limit plus slack ([`Health::expect`]).
+    due: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl Default for Health {
@@ -28,6 +34,7 @@ impl Default for Health {
         let blocks = BTreeMap::from([(CONSUMER, "not connected to RabbitMQ yet".to_owned())]);
         Self {
             blocks: Mutex::new(blocks),
+            due: Mutex::default(),
         }
     }
 }
@@ -64,6 +71,39 @@ impl Health {
         Err(reasons.join("\n"))
     }
 
+    /// `what` must be over by `by`; until [`Health::met`], liveness fails after that. Every
+    /// wait the dispatcher makes is bounded, so one still open past its bound means the
+    /// dispatcher no longer makes progress, which a restart cures (open batches are recovered).
+    pub fn expect(&self, what: String, by: Instant) {
+        self.due
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(what, by);
+    }
+
+    /// `what` is over.
+    pub fn met(&self, what: &str) {
+        self.due
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(what);
+    }
+
+    /// `Ok` unless some expected wait is overdue at `now`; else the overdue ones.
+    pub fn live(&self, now: Instant) -> Result<(), String> {
+        let due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+        let overdue: Vec<String> = due
+            .iter()
+            .filter(|(_, by)| **by <= now)
+            .map(|(what, by)| format!("{what}: overdue by {}s", now.duration_since(*by).as_secs()))
+            .collect();
+        if overdue.is_empty() {
+            Ok(())
+        } else {
+            Err(overdue.join("\n"))
+        }
+    }
+
     /// Whether `part` blocks readiness now.
     pub fn is_blocked(&self, part: &str) -> bool {
         self.lock().contains_key(part)
@@ -92,5 +132,24 @@ mod tests {
         health.clear(JOB_WATCH);
         assert!(!health.is_blocked(JOB_WATCH));
         assert_eq!(health.ready(), Err("consumer: connection refused".into()));
+    }
+
+    #[test]
+    fn liveness_fails_only_while_an_expected_wait_is_overdue() {
+        let health = Health::default();
+        let now = Instant::now();
+        assert_eq!(health.live(now), Ok(()));
+        health.expect(
+            "job for batch b".into(),
+            now + std::time::Duration::from_secs(5),
+        );
+        assert_eq!(health.live(now), Ok(()), "not due yet");
+        let later = now + std::time::Duration::from_secs(7);
+        assert_eq!(
+            health.live(later),
+            Err("job for batch b: overdue by 2s".into())
+        );
+        health.met("job for batch b");
+        assert_eq!(health.live(later), Ok(()));
     }
 }

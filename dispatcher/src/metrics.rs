@@ -39,6 +39,9 @@ pub struct Metrics {
     pub outages: Counter,
     /// 1 while runners work, 0 while the circuit breaker holds launches back.
     pub runner_healthy: Gauge,
+    /// Job creates the API server refused (403, 404, 422…) or did not take within the retry
+    /// budget; their batches are retried whole.
+    pub launch_refusals: Counter,
     health: Arc<Health>,
 }
 
@@ -56,6 +59,7 @@ impl Metrics {
             errors: Family::default(),
             outages: Counter::default(),
             runner_healthy: Gauge::default(),
+            launch_refusals: Counter::default(),
             health: Arc::default(),
             registry: Registry::default(),
         };
@@ -91,6 +95,11 @@ impl Metrics {
             "runner_healthy",
             "1 while runners work, 0 while launches are held back after repeated outages",
             m.runner_healthy.clone(),
+        );
+        registry.register(
+            "launch_refusals",
+            "Job creates refused by the API server or not taken within the retry budget; their batches retried whole",
+            m.launch_refusals.clone(),
         );
         m.runner_healthy.set(1);
         Self { registry, ..m }
@@ -172,7 +181,7 @@ pub async fn serve(
 ) -> crate::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(live))
         .route("/readyz", get(ready))
         .with_state(metrics);
     axum::serve(listener, app)
@@ -189,6 +198,16 @@ async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
         )],
         metrics.render(),
     )
+}
+
+async fn live(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.health.live(std::time::Instant::now()) {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(overdue) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not making progress\n{overdue}\n"),
+        ),
+    }
 }
 
 async fn ready(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

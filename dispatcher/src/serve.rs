@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::consumer::{Consumer, Pending};
 use crate::error::{Error, Result};
 use crate::failpoint::Failpoint;
-use crate::flight::Flight;
+use crate::flight::{Flight, Launch};
 use crate::metrics::Metrics;
 use crate::sizer::{BatchMode, Sizer};
 use crate::stage::Stager;
@@ -119,7 +119,9 @@ impl Dispatcher {
                         break;
                     }
                     tracing::info!(batch = %batch_id, "relaunching a batch left open by an earlier run");
-                    self.flight.launch(&batch_id, permit).await?;
+                    self.flight
+                        .launch(&batch_id, permit, Launch::Staged)
+                        .await?;
                     launched += 1;
                 }
                 Some((_, Some(state))) => {
@@ -268,7 +270,7 @@ impl Dispatcher {
             .await?;
         drop(frames);
         self.failpoint.hit("before-launch");
-        if let Err(e) = self.flight.launch(&batch_id, permit).await {
+        if let Err(e) = self.flight.launch(&batch_id, permit, Launch::Fresh).await {
             // The deliveries return to the queue when this session closes: drop the staged
             // copy, so the redelivered messages are staged once.
             self.stager.discard(&batch_id, size as usize).await?;

@@ -6,10 +6,14 @@ use serde::Deserialize;
 use sluice_contract::runner_env as defaults;
 use std::path::PathBuf;
 
+/// Where a pod finds its own namespace (the service account's mount).
+pub const SERVICE_ACCOUNT_NAMESPACE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
 /// The Job's settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct JobSettings {
-    /// Namespace of the Jobs.
+    /// Namespace of the Jobs; default: the dispatcher pod's own.
     #[serde(default = "d::namespace")]
     pub namespace: String,
     /// The Job template file (`JOB_TEMPLATE`); unset: sluice's own defaults alone.
@@ -59,13 +63,29 @@ pub struct JobSettings {
     /// pods) fails as an outage.
     #[serde(default = "d::pod_create_seconds")]
     pub pod_create_seconds: u64,
+    /// How often the kube launcher asks the API server directly about a Job whose outcome has
+    /// not arrived, and how late past its deadline an outcome may be before it is overdue; a
+    /// Job still suspended (Kueue) this long after creation blocks readiness.
+    #[serde(default = "d::job_slack_seconds")]
+    pub job_slack_seconds: u64,
+    /// The hard limit on waiting for one Job's outcome, from its creation; unset: twice
+    /// `JOB_DEADLINE_SECONDS` plus `JOB_SLACK_SECONDS`. A Job still running or suspended then
+    /// is deleted and its batch retried whole, as an outage.
+    #[serde(default)]
+    pub job_wait_seconds: Option<u64>,
 }
 
 /// Defaults, one function per variable (serde's `default = "…"` needs a path).
 mod d {
     use super::defaults;
+    /// The pod's own namespace inside a cluster (its service account's namespace file),
+    /// else `sluice`.
     pub fn namespace() -> String {
-        "sluice".into()
+        std::fs::read_to_string(super::SERVICE_ACCOUNT_NAMESPACE)
+            .ok()
+            .map(|ns| ns.trim().to_owned())
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| "sluice".into())
     }
     pub fn runner_image() -> String {
         concat!("sluice:", env!("CARGO_PKG_VERSION")).into()
@@ -95,6 +115,9 @@ mod d {
         30
     }
     pub fn pod_create_seconds() -> u64 {
+        60
+    }
+    pub fn job_slack_seconds() -> u64 {
         60
     }
     pub fn kube_api_qps() -> f64 {

@@ -10,6 +10,7 @@
 //! - [`local`]: the local launcher;
 //! - [`outages`]: retrying Jobs that could not do their work, and the circuit breaker;
 //! - [`runner`]: settings only runners read, handed to every runner;
+//! - [`validate`]: the start-up checks, one clear line per refused value;
 //!
 //! and, here, what the service itself needs: which launcher, the metrics address, the shutdown
 //! grace and the test failpoint.
@@ -22,6 +23,7 @@ pub mod local;
 pub mod outages;
 pub mod redis;
 pub mod runner;
+pub mod validate;
 
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -80,6 +82,10 @@ pub struct Service {
     /// On SIGTERM, how long running Jobs may take to finish before the dispatcher exits.
     #[serde(default = "d::shutdown_grace_seconds")]
     pub shutdown_grace_seconds: u64,
+    /// The dispatcher container's memory limit in bytes (the manifests pass it through the
+    /// downward API); when set, settings whose worst case exceeds it are refused at start-up.
+    #[serde(default)]
+    pub dispatcher_memory_limit: Option<u64>,
     /// Tests only: `POINT@N` crashes the dispatcher at a dangerous point (see `failpoint`).
     #[serde(default)]
     pub sluice_failpoint: Option<String>,
@@ -123,39 +129,11 @@ impl Config {
             runner: envy::from_iter(read()).map_err(Error::Config)?,
             service: envy::from_iter(read()).map_err(Error::Config)?,
         };
-        config.validate()?;
         if let Some(path) = &config.job.job_template_path {
             config.job.job_template = Box::new(job_template::load(path)?);
         }
+        validate::check(&config).map_err(Error::InvalidConfig)?;
         Ok(config)
-    }
-
-    fn validate(&self) -> Result<()> {
-        let (batching, job) = (&self.batching, &self.job);
-        let problem = if batching.batch_max_messages == 0 {
-            "BATCH_MAX_MESSAGES must be at least 1"
-        } else if batching.batch_max_bytes == 0 {
-            "BATCH_MAX_BYTES must be at least 1"
-        } else if !batching.target_job_seconds.is_finite() || batching.target_job_seconds <= 0.0 {
-            "TARGET_JOB_SECONDS must be a positive number of seconds"
-        } else if self.runner.result_chunk == 0 {
-            "RESULT_CHUNK must be at least 1"
-        } else if self.outages.outage_threshold == 0 {
-            "OUTAGE_THRESHOLD must be at least 1"
-        } else if !(self.outages.outage_retry_seconds.is_finite()
-            && self.outages.outage_retry_max_seconds.is_finite())
-        {
-            "OUTAGE_RETRY_SECONDS and OUTAGE_RETRY_MAX_SECONDS must be numbers of seconds"
-        } else if batching.max_jobs_in_flight == 0 {
-            "MAX_JOBS_IN_FLIGHT must be at least 1"
-        } else if self.broker.queue.is_empty() || self.redis.key_prefix.is_empty() {
-            "QUEUE and KEY_PREFIX must not be empty"
-        } else if job.runner_cpu.parse::<f64>().is_err() && !job.runner_cpu.ends_with('m') {
-            "RUNNER_CPU must be a CPU quantity such as 1, 2 or 500m"
-        } else {
-            return Ok(());
-        };
-        Err(Error::InvalidConfig(problem.into()))
     }
 
     /// The launcher `LAUNCHER` names.
@@ -173,6 +151,21 @@ impl Config {
                 LauncherKind::Kube => 1.5,
             });
         Duration::from_secs_f64(seconds.max(0.0))
+    }
+
+    /// How late past its deadline a Job's outcome may be, and how often it is then asked for.
+    pub fn job_slack(&self) -> Duration {
+        Duration::from_secs(self.job.job_slack_seconds)
+    }
+
+    /// The hard limit on waiting for one Job's outcome (`JOB_WAIT_SECONDS`).
+    pub fn job_wait_limit(&self) -> Duration {
+        let deadline = u64::from(self.job.job_deadline_seconds);
+        Duration::from_secs(
+            self.job
+                .job_wait_seconds
+                .unwrap_or(2 * deadline + self.job.job_slack_seconds),
+        )
     }
 
     /// How long a batch may wait for more messages.
@@ -274,6 +267,38 @@ mod tests {
         assert!(config(&[("LAUNCHER", "docker")]).is_err());
         assert!(config(&[("BATCH_MODE", "sometimes")]).is_err());
         assert!(config(&[("TARGET_JOB_SECONDS", "0")]).is_err());
+    }
+
+    #[test]
+    fn values_the_api_server_would_refuse_are_refused_at_start_naming_the_variable() {
+        for (var, value) in [
+            ("RUNNER_MEMORY", "256MB"),
+            ("RUNNER_MEMORY", "0"),
+            ("RUNNER_CPU", "-1"),
+            ("JOB_DEADLINE_SECONDS", "0"),
+            ("KUEUE_QUEUE", "team a"),
+            ("NAMESPACE", "Sluice"),
+            ("KUBE_API_QPS", "0"),
+            ("JOB_SLACK_SECONDS", "0"),
+            ("JOB_WAIT_SECONDS", "30"),
+            ("RUNNER_IMAGE", ""),
+        ] {
+            let error = config(&[(var, value)]).map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains(var), "{var}={value}: {error}");
+            assert_eq!(error.lines().count(), 1, "one line: {error}");
+        }
+        assert!(config(&[("RUNNER_MEMORY", "1.5Gi"), ("KUEUE_QUEUE", "team-a")]).is_ok());
+    }
+
+    #[test]
+    fn a_memory_limit_below_the_worst_case_is_refused_with_the_formula() {
+        let limit = |bytes: &str| config(&[("DISPATCHER_MEMORY_LIMIT", bytes)]);
+        // Defaults: 64 MiB + 1,000 × 1 MiB + 3 × 8 MiB.
+        let need = validate::worst_case_memory(&config(&[]).unwrap());
+        assert_eq!(need, (64 + 1000 + 24) << 20);
+        let error = limit(&(need - 1).to_string()).unwrap_err().to_string();
+        assert!(error.contains("BATCH_MAX_MESSAGES 500"), "{error}");
+        assert!(limit(&need.to_string()).is_ok());
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! Creates are idempotent by name (a retry after a crash meets 409 AlreadyExists and adopts the
 //! Job), paced by a client-side rate limit, and retried with backoff on 429, 5xx and connection
 //! errors. Outcomes come from the Job watch ([`watch`]), a task this launcher owns, and from the
-//! pod watch ([`pods`]) for Jobs whose pods cannot run; a Job is deleted, its pods with it,
-//! once its outcome is recorded.
+//! pod watch ([`pods`]) for Jobs whose pods cannot run, and from direct checks ([`bound`]) for
+//! Jobs whose outcome is late. Once a batch's outcome is recorded its Job is deleted, its pods
+//! with it, unless it failed: a failed Job stays until its TTL (`JOB_TTL_SECONDS`) so that
+//! `kubectl logs` can still show why.
 
+pub mod bound;
 pub mod pods;
 pub mod watch;
 
@@ -42,6 +45,8 @@ pub struct KubeLauncher {
     pacing: Mutex<Instant>,
     interval: Duration,
     abandon: CancellationToken,
+    bounds: bound::Bounds,
+    admission: Arc<bound::Admission>,
     /// Stops the watch task when the launcher is dropped.
     stop_watch: CancellationToken,
 }
@@ -104,8 +109,18 @@ impl KubeLauncher {
             (pods.clone(), pod_writer),
             Arc::clone(&tracker),
             graces,
-            health,
+            Arc::clone(&health),
             stop_watch.clone(),
+        ));
+        let slack = config.job_slack();
+        let bounds = bound::Bounds {
+            slack,
+            overdue: Duration::from_secs(u64::from(config.job.job_deadline_seconds)) + slack,
+            limit: config.job_wait_limit(),
+        };
+        let admission = Arc::new(bound::Admission::new(
+            health,
+            config.job.kueue_queue.clone(),
         ));
         Self {
             api,
@@ -114,6 +129,8 @@ impl KubeLauncher {
             pacing: Mutex::new(Instant::now()),
             interval: Duration::from_secs_f64(1.0 / config.job.kube_api_qps.max(0.1)),
             abandon,
+            bounds,
+            admission,
             stop_watch,
         }
     }
@@ -128,11 +145,17 @@ impl KubeLauncher {
         }
         self.tracker.created(&name);
         let (abandon, pods) = (self.abandon.clone(), self.pods.clone());
+        let (api, bounds, admission) = (self.api.clone(), self.bounds, Arc::clone(&self.admission));
+        let tracker = Arc::clone(&self.tracker);
         Ok(Box::pin(async move {
             let outcome = tokio::select! {
                 // The Job keeps running in the cluster; the next dispatcher adopts it.
                 () = abandon.cancelled() => Outcome::Abandoned,
                 outcome = outcome => outcome.unwrap_or(Outcome::Abandoned),
+                outcome = bound::watch_over(api, name.clone(), bounds, &admission) => {
+                    tracker.forget(&name);
+                    outcome
+                }
             };
             match outcome {
                 Outcome::Failed { reason, cause } => Outcome::Failed {
@@ -183,9 +206,17 @@ impl KubeLauncher {
         tokio::time::sleep_until(slot).await;
     }
 
-    /// Deletes a finished Job (and its pods) once its outcome is recorded.
+    /// Deletes a finished Job (and its pods) once its outcome is recorded; a failed one is
+    /// left to its TTL, for its logs.
     async fn remove(&self, name: &str) -> Result<()> {
         self.tracker.forget(name);
+        if self
+            .tracker
+            .get(name)
+            .is_some_and(|job| watch::has_failed(&job))
+        {
+            return Ok(());
+        }
         let params = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),
             ..DeleteParams::default()

@@ -142,6 +142,11 @@ impl JobTracker {
         self.resolve(name, outcome);
     }
 
+    /// The Job `name` as the watch last saw it.
+    pub fn get(&self, name: &str) -> Option<Arc<Job>> {
+        self.stored(name)
+    }
+
     /// Forgets a Job the dispatcher has finished with.
     pub fn forget(&self, name: &str) {
         self.lock().waiters.remove(name);
@@ -227,10 +232,16 @@ pub fn outcome_of(job: &Job) -> Option<Outcome> {
             .iter()
             .find(|c| c.type_ == kind && c.status == "True")
     };
-    if done("Complete").is_some() {
+    // Since Kubernetes 1.31 the controller writes `SuccessCriteriaMet` / `FailureTarget` at
+    // once and `Complete` / `Failed` only after every pod has terminated: a pod stuck
+    // Terminating on a lost node must not hold the outcome back.
+    if done("Complete")
+        .or_else(|| done("SuccessCriteriaMet"))
+        .is_some()
+    {
         return Some(Outcome::Succeeded);
     }
-    done("Failed").map(|c| {
+    done("Failed").or_else(|| done("FailureTarget")).map(|c| {
         let message = c.message.as_deref().unwrap_or("the Job failed");
         let reason = c.reason.as_deref().unwrap_or("Failed");
         Outcome::failed(cause_of(reason, message), format!("{reason}: {message}"))
@@ -252,6 +263,14 @@ fn cause_of(reason: &str, message: &str) -> Cause {
         }
         _ => Cause::Crash,
     }
+}
+
+/// Whether the Job has its `Failed` condition: the cluster then deletes it after its TTL.
+pub fn has_failed(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Failed" && c.status == "True"))
 }
 
 /// Watcher events, as [`supervise`] consumes them.
