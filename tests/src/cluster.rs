@@ -234,8 +234,10 @@ impl Cluster {
 
 /// The kustomization that layers one test's settings over `tests/cluster`.
 fn run_layer(env: &TestEnv, settings: &[(&str, &str)]) -> String {
+    // Failed Jobs are kept for their logs until their TTL: short here, so that each test
+    // ends with a clean namespace.
     let mut data = format!(
-        "        QUEUE: {:?}\n        KEY_PREFIX: {:?}\n",
+        "        QUEUE: {:?}\n        KEY_PREFIX: {:?}\n        JOB_TTL_SECONDS: \"5\"\n",
         env.queue, env.prefix
     );
     for (key, value) in settings {

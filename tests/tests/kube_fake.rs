@@ -41,6 +41,8 @@ fn kube_config(
         ("LAUNCHER", "kube"),
         ("KUBECONFIG", path.as_str()),
         ("NAMESPACE", NAMESPACE),
+        // Failed Jobs are kept for their logs until this TTL.
+        ("JOB_TTL_SECONDS", "1"),
     ];
     vars.extend_from_slice(extra);
     env.config(&vars).unwrap()

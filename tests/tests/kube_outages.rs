@@ -13,7 +13,6 @@ use sluice_tests::fake_kube::FakeKube;
 use sluice_tests::guarantee::record;
 use sluice_tests::outage::{SETTINGS, outage_then_fix};
 use sluice_tests::{Outgoing, TestEnv, binary, require_binaries, spawn_dispatcher, write_script};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -23,24 +22,14 @@ const NAMESPACE: &str = "sluice-test";
 /// A fake cluster whose pods run `runner`, and the dispatcher's configuration for it, with
 /// short graces for stuck pods and pod-less Jobs.
 async fn cluster(env: &TestEnv, runner: &Path) -> (FakeKube, sluice_dispatcher::Config) {
-    let secrets = HashMap::from([(
-        ("sluice-redis".to_owned(), "url".to_owned()),
-        env.redis_url.clone(),
-    )]);
-    let pass_through = vec![("SLUICE_TEST_KERNELS".to_owned(), "1".to_owned())];
-    let fake = FakeKube::start(runner, secrets, pass_through)
-        .await
-        .unwrap();
-    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", env.prefix));
-    fake.write_kubeconfig(&kubeconfig, NAMESPACE).unwrap();
-    let path = kubeconfig.display().to_string();
-    let mut vars = SETTINGS.to_vec();
+    let (fake, kube) = FakeKube::for_test(env, runner, NAMESPACE).await.unwrap();
+    let mut vars: Vec<(&str, &str)> = kube.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    vars.extend(SETTINGS);
     vars.extend([
-        ("LAUNCHER", "kube"),
-        ("KUBECONFIG", path.as_str()),
-        ("NAMESPACE", NAMESPACE),
         ("POD_STUCK_SECONDS", "1"),
         ("POD_CREATE_SECONDS", "2"),
+        // Failed Jobs are kept for their logs until this TTL.
+        ("JOB_TTL_SECONDS", "1"),
     ]);
     (fake, env.config(&vars).unwrap())
 }
@@ -59,6 +48,13 @@ async fn images_that_cannot_be_pulled_dead_letter_nothing_and_pods_run_once_they
         "ImagePull",
     )
     .await;
+    // Stuck Jobs are deleted at once; the poison message's failed Job after its TTL.
+    for _ in 0..100 {
+        if fake.job_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(fake.job_count(), 0, "every Job deleted, stuck ones too");
 }
 

@@ -79,6 +79,10 @@ async fn create(State(shared): Shared_, Path(ns): Path<String>, body: Bytes) -> 
         return failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &message);
     }
     let name = job.metadata.name.clone().unwrap_or_default();
+    if let Some(code) = shared.creates_refused() {
+        shared.stats().refused_creates += 1;
+        return refused(code, &ns, &name);
+    }
     job.metadata.namespace = Some(ns.clone());
     job.metadata.uid = Some(uuid::Uuid::now_v7().to_string());
     job.metadata.creation_timestamp = Some(now());
@@ -111,6 +115,32 @@ async fn create(State(shared): Shared_, Path(ns): Path<String>, body: Bytes) -> 
         cancel,
     ));
     reply(StatusCode::CREATED, &json!(stored))
+}
+
+/// A refused create, worded as the real API server words each case.
+fn refused(code: u16, ns: &str, name: &str) -> Response {
+    let (status, reason, message) = match code {
+        404 => (
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("namespaces \"{ns}\" not found"),
+        ),
+        422 => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!(
+                "Job.batch \"{name}\" is invalid: spec.template.spec.containers[0].resources.limits: Invalid value: \"2\": must be less than or equal to cpu limit of 1"
+            ),
+        ),
+        _ => (
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "jobs.batch \"{name}\" is forbidden: exceeded quota: sluice-jobs, requested: count/jobs.batch=1, used: count/jobs.batch=4, limited: count/jobs.batch=4"
+            ),
+        ),
+    };
+    failure(status, reason, &message)
 }
 
 /// The checks the real API server makes that sluice's Jobs could fail.
@@ -152,6 +182,7 @@ fn validate(job: &Job) -> Result<(), String> {
 }
 
 async fn get_one(State(shared): Shared_, Path((ns, name)): Path<(String, String)>) -> Response {
+    shared.stats().gets += 1;
     match shared.store().jobs.get(&(ns, name.clone())) {
         Some(job) => reply(StatusCode::OK, &json!(job)),
         None => failure(

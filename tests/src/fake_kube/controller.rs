@@ -34,6 +34,9 @@ pub async fn run_job(
             "cannot resolve env",
         );
     };
+    if spec.suspend == Some(true) && !wait_for_admission(&shared, &ns, &name, &cancel).await {
+        return;
+    }
     shared.modify(&ns, &name, |j| status(j).start_time = Some(now()));
     let container = pod::runner_container(&job);
     let run = async {
@@ -69,13 +72,92 @@ pub async fn run_job(
         End::BackoffLimit
     };
     tokio::select! {
-        () = cancel.cancelled() => {}
+        () = cancel.cancelled() => return,
         outcome = tokio::time::timeout(deadline, run) => match outcome {
             Ok(End::Succeeded) => finish(&shared, &ns, &name, true, "CompletionsReached", "Reached expected number of succeeded pods"),
             Ok(End::BackoffLimit) => finish(&shared, &ns, &name, false, "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
             Ok(End::FailJob(message)) => finish(&shared, &ns, &name, false, "PodFailurePolicy", &message),
             Err(_) => finish(&shared, &ns, &name, false, "DeadlineExceeded", "Job was active longer than specified deadline"),
         },
+    }
+    reap_after_ttl(
+        &shared,
+        &ns,
+        &name,
+        spec.ttl_seconds_after_finished,
+        &cancel,
+    )
+    .await;
+}
+
+/// Holds a suspended Job until it is admitted ([`Shared::admits_suspended`]), as Kueue does;
+/// false if it was deleted meanwhile.
+async fn wait_for_admission(
+    shared: &Shared,
+    ns: &str,
+    name: &str,
+    cancel: &CancellationToken,
+) -> bool {
+    shared.modify(ns, name, |j| {
+        status(j).conditions = Some(vec![condition(
+            "Suspended",
+            "JobSuspended",
+            "Job suspended",
+        )]);
+    });
+    while !shared.admits_suspended() {
+        tokio::select! {
+            () = cancel.cancelled() => return false,
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
+    shared.modify(ns, name, |j| {
+        if let Some(spec) = j.spec.as_mut() {
+            spec.suspend = Some(false);
+        }
+        status(j).conditions = None;
+    });
+    true
+}
+
+/// The TTL controller: a finished Job (not one stuck at `FailureTarget`) is deleted once
+/// `ttl` seconds have passed.
+async fn reap_after_ttl(
+    shared: &Shared,
+    ns: &str,
+    name: &str,
+    ttl: Option<i32>,
+    cancel: &CancellationToken,
+) {
+    let key = (ns.to_owned(), name.to_owned());
+    let finished = shared.store().jobs.get(&key).is_some_and(|j| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Complete" || c.type_ == "Failed")
+            })
+    });
+    let Some(ttl) = ttl.filter(|_| finished) else {
+        return;
+    };
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        () = tokio::time::sleep(Duration::from_secs(u64::try_from(ttl).unwrap_or(0))) => {
+            shared.delete_job(ns, name);
+        }
+    }
+}
+
+fn condition(kind: &str, reason: &str, message: &str) -> JobCondition {
+    JobCondition {
+        type_: kind.into(),
+        status: "True".into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_transition_time: Some(now()),
+        last_probe_time: Some(now()),
     }
 }
 
@@ -175,14 +257,8 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 const POLL: Duration = Duration::from_millis(200);
 
 fn finish(shared: &Shared, ns: &str, name: &str, succeeded: bool, reason: &str, message: &str) {
-    let condition = |kind: &str| JobCondition {
-        type_: kind.into(),
-        status: "True".into(),
-        reason: Some(reason.into()),
-        message: Some(message.into()),
-        last_transition_time: Some(now()),
-        last_probe_time: Some(now()),
-    };
+    let condition = |kind: &str| condition(kind, reason, message);
+    let stuck = shared.stuck_terminating();
     shared.modify(ns, name, |j| {
         let s = status(j);
         s.active = Some(0);
@@ -190,6 +266,9 @@ fn finish(shared: &Shared, ns: &str, name: &str, succeeded: bool, reason: &str, 
             s.succeeded = Some(1);
             s.completion_time = Some(now());
             s.conditions = Some(vec![condition("SuccessCriteriaMet"), condition("Complete")]);
+        } else if stuck {
+            // The real controller writes Failed only once every pod has terminated.
+            s.conditions = Some(vec![condition("FailureTarget")]);
         } else {
             s.conditions = Some(vec![condition("FailureTarget"), condition("Failed")]);
         }

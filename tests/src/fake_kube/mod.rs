@@ -14,7 +14,11 @@
 //! [`FakeKube::images_missing`] leaves pods in `ErrImagePull`/`ImagePullBackOff`;
 //! [`FakeKube::refuse_pods`] leaves Jobs without pods, as a quota does;
 //! [`FakeKube::hold_pods`] holds new pods unschedulable or in a waiting reason;
-//! [`FakeKube::evict_running_pods`] evicts (`DisruptionTarget`) as a node drain does.
+//! [`FakeKube::evict_running_pods`] evicts (`DisruptionTarget`) as a node drain does;
+//! [`FakeKube::refuse_creates`] answers creates 403, 404 or 422; Jobs created suspended stay
+//! suspended until [`FakeKube::admit_suspended`]; [`FakeKube::lose_job`] removes a Job with no
+//! watch event; [`FakeKube::pods_stuck_terminating`] keeps failed Jobs at `FailureTarget`.
+//! Finished Jobs are deleted after their `ttlSecondsAfterFinished`, as the TTL controller does.
 
 mod api;
 mod controller;
@@ -56,6 +60,13 @@ pub struct Shared {
     pods_held: Mutex<Option<String>>,
     /// Bumped to evict every running pod.
     evictions: watch::Sender<u64>,
+    /// Suspended Jobs are admitted (as Kueue does); otherwise they stay suspended.
+    admits_suspended: AtomicBool,
+    /// Job creates are refused with this status code while set.
+    creates_refused: Mutex<Option<u16>>,
+    /// A failed Job's pod never confirms termination: the Job gets `FailureTarget`, never
+    /// `Failed`, as with a pod stuck Terminating on a lost node.
+    stuck_terminating: AtomicBool,
     stop: CancellationToken,
 }
 
@@ -78,6 +89,10 @@ pub struct Stats {
     pub gone: u32,
     /// Watch requests refused during a watch outage.
     pub watch_refusals: u32,
+    /// Creates refused on purpose ([`FakeKube::refuse_creates`]).
+    pub refused_creates: u32,
+    /// Direct reads of one Job (GET).
+    pub gets: u32,
     /// Running pods evicted.
     pub evicted: u32,
 }
@@ -162,6 +177,26 @@ impl Shared {
         let job = removed?;
         self.changed.send_replace(rv);
         self.stats().deletes += 1;
+        self.stop_controller(name);
+        Some(job)
+    }
+
+    fn admits_suspended(&self) -> bool {
+        self.admits_suspended.load(Ordering::SeqCst)
+    }
+
+    fn stuck_terminating(&self) -> bool {
+        self.stuck_terminating.load(Ordering::SeqCst)
+    }
+
+    fn creates_refused(&self) -> Option<u16> {
+        *self
+            .creates_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stop_controller(&self, name: &str) {
         if let Some(token) = self
             .controllers
             .lock()
@@ -170,7 +205,6 @@ impl Shared {
         {
             token.cancel();
         }
-        Some(job)
     }
 
     fn watch_refused(&self) -> bool {
@@ -248,6 +282,9 @@ impl FakeKube {
             images_missing: AtomicBool::new(false),
             pods_held: Mutex::default(),
             evictions: watch::channel(0).0,
+            admits_suspended: AtomicBool::new(false),
+            creates_refused: Mutex::default(),
+            stuck_terminating: AtomicBool::new(false),
             stop: CancellationToken::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -260,6 +297,31 @@ impl FakeKube {
                 .await;
         });
         Ok(Self { addr, shared })
+    }
+
+    /// A fake cluster for one test: pods run `runner` with the test kernels, the runners'
+    /// Redis Secret resolves to `env`'s Redis; returns it with the dispatcher's variables for
+    /// it (the kube launcher, a kubeconfig pointing at it, `namespace`).
+    pub async fn for_test(
+        env: &crate::TestEnv,
+        runner: &Path,
+        namespace: &str,
+    ) -> std::io::Result<(Self, Vec<(String, String)>)> {
+        let secrets = HashMap::from([(
+            ("sluice-redis".to_owned(), "url".to_owned()),
+            env.redis_url.clone(),
+        )]);
+        let pass_through = vec![("SLUICE_TEST_KERNELS".to_owned(), "1".to_owned())];
+        let fake = Self::start(runner, secrets, pass_through).await?;
+        let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", env.prefix));
+        fake.write_kubeconfig(&kubeconfig, namespace)?;
+        let vars = [
+            ("LAUNCHER", "kube"),
+            ("KUBECONFIG", &kubeconfig.display().to_string()),
+            ("NAMESPACE", namespace),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        Ok((fake, vars.to_vec()))
     }
 
     /// The server's base URL.
@@ -331,6 +393,51 @@ impl FakeKube {
     /// fails with the condition `DisruptionTarget`, which the Job's policy may ignore.
     pub fn evict_running_pods(&self) {
         self.shared.evictions.send_modify(|n| *n += 1);
+    }
+
+    /// While `admit`, Jobs created suspended are admitted and run, as Kueue does; otherwise
+    /// they stay suspended, as where no Kueue or `LocalQueue` exists.
+    pub fn admit_suspended(&self, admit: bool) {
+        self.shared.admits_suspended.store(admit, Ordering::SeqCst);
+    }
+
+    /// While `Some(code)`, Job creates are refused: 403 as a used-up quota or a terminating
+    /// namespace says it, 422 as an invalid Job, 404 as a missing namespace.
+    pub fn refuse_creates(&self, code: Option<u16>) {
+        *self
+            .shared
+            .creates_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = code;
+    }
+
+    /// While `stuck`, failed Jobs keep a pod that never confirms termination: they get
+    /// `FailureTarget` and never `Failed` (nor their TTL).
+    pub fn pods_stuck_terminating(&self, stuck: bool) {
+        self.shared.stuck_terminating.store(stuck, Ordering::SeqCst);
+    }
+
+    /// Removes the Job `name` without any watch event, as a delete the watch missed; its pod
+    /// is stopped. Only a direct read (GET) can tell it is gone.
+    pub fn lose_job(&self, ns: &str, name: &str) -> bool {
+        let removed = self
+            .shared
+            .store()
+            .jobs
+            .remove(&(ns.to_owned(), name.to_owned()))
+            .is_some();
+        self.shared.stop_controller(name);
+        removed
+    }
+
+    /// Whether the stored Job `name` in `ns` has the condition `kind` true.
+    pub fn has_condition(&self, ns: &str, name: &str, kind: &str) -> bool {
+        self.shared
+            .store()
+            .jobs
+            .get(&(ns.to_owned(), name.to_owned()))
+            .and_then(|j| j.status.as_ref()?.conditions.clone())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == kind && c.status == "True"))
     }
 
     /// Forgets the event history up to now: a watch resuming from an older version gets 410
