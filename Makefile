@@ -114,7 +114,11 @@ validate: tools build
 	@mkdir -p target
 	@scripts/credentials.sh
 	kubectl kustomize manifests > target/manifests.yaml
-	JOB_TEMPLATE=manifests/job-template.yaml target/debug/dispatcher render-job > target/job.yaml
+	@# The Job as the manifests configure it: the ConfigMap's values and the Deployment's memory
+	@# limit pass the dispatcher's start-up checks, then the validators see the rendered Job.
+	scripts/configured-env.py target/manifests.yaml > target/configured.env
+	env $$(cat target/configured.env) JOB_TEMPLATE=manifests/job-template.yaml \
+	  target/debug/dispatcher render-job > target/job.yaml
 	kubernetes-validate --strict --kubernetes-version 1.33 target/manifests.yaml target/job.yaml
 	kubernetes-validate --strict target/manifests.yaml target/job.yaml
 	hadolint Dockerfile
