@@ -314,15 +314,37 @@ async fn an_image_that_cannot_be_pulled_is_an_outage_that_ends_when_the_image_is
 /// the poison one ends `ok`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quota_that_refuses_pods_is_an_outage_that_ends_when_it_has_room() {
+    // The dispatcher's own pod uses the one pod the quota allows.
+    let name = "real cluster: quota refuses runner pods";
+    quota_then_fix("real-quota", name, "pods: \"1\"", "FailedCreate").await;
+}
+
+/// A quota with no room for Jobs: the API server refuses each create with 403 Forbidden. The
+/// refusal settles its batch (retried whole behind the breaker), the dispatcher goes on, and
+/// once the quota is gone every message but the poison one ends `ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_that_refuses_jobs_is_an_outage_not_a_crash_loop() {
+    let name = "real cluster: quota refuses Job creates (403)";
+    quota_then_fix(
+        "real-job-quota",
+        name,
+        "count/jobs.batch: \"0\"",
+        "exceeded quota",
+    )
+    .await;
+}
+
+/// Runs the outage workload into a `ResourceQuota` with `hard`, expects `expected` in the
+/// runners' health, then deletes the quota and checks every message.
+async fn quota_then_fix(test: &str, name: &str, hard: &str, expected: &str) {
     let (cluster, _serial) = Cluster::get().await.unwrap();
-    let env = TestEnv::new("real-quota").await.unwrap();
+    let env = TestEnv::new(test).await.unwrap();
     cluster.teardown().await.unwrap();
     cluster.deploy(&env, &outage_settings()).await.unwrap();
-    // The dispatcher's own pod uses the one pod the quota allows.
     let quota = std::env::temp_dir().join(format!("{}-quota.yaml", env.prefix));
     std::fs::write(
         &quota,
-        format!("apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: {QUOTA}, namespace: {NAMESPACE}}}\nspec: {{hard: {{pods: \"1\"}}}}\n"),
+        format!("apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: {QUOTA}, namespace: {NAMESPACE}}}\nspec: {{hard: {{{hard}}}}}\n"),
     )
     .unwrap();
     cluster
@@ -332,8 +354,7 @@ async fn a_quota_that_refuses_pods_is_an_outage_that_ends_when_it_has_room() {
 
     let config = env.config(&[]).unwrap();
     let ids = publish_workload(&env).await;
-    let name = "real cluster: quota refuses runner pods";
-    wait_until_held_back(name, &env, &config, "FailedCreate", OUTAGE).await;
+    wait_until_held_back(name, &env, &config, expected, OUTAGE).await;
     let kubeconfig = cluster.kubeconfig().display().to_string();
     let remove_quota = || {
         let deleted = std::process::Command::new("kubectl")
