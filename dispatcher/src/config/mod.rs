@@ -291,6 +291,19 @@ mod tests {
     }
 
     #[test]
+    fn a_template_quantity_the_api_server_would_refuse_is_refused_at_start() {
+        let path = std::env::temp_dir().join(format!("sluice-bad-{}.yaml", std::process::id()));
+        let template = "apiVersion: batch/v1\nkind: Job\nspec:\n  template:\n    spec:\n      containers:\n        - name: runner\n          resources: {limits: {memory: 256MB}}\n";
+        std::fs::write(&path, template).unwrap();
+        let error = config(&[("JOB_TEMPLATE", &path.display().to_string())])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(error.contains("resources.limits.memory"), "{error}");
+    }
+
+    #[test]
     fn a_memory_limit_below_the_worst_case_is_refused_with_the_formula() {
         let limit = |bytes: &str| config(&[("DISPATCHER_MEMORY_LIMIT", bytes)]);
         // Defaults: 64 MiB + 1,000 × 1 MiB + 3 × 8 MiB.

@@ -60,14 +60,14 @@ fn job(config: &Config) -> Result<(), String> {
         }
     }
     // The template's resources (they win over RUNNER_CPU and RUNNER_MEMORY).
-    let built = crate::job::build(config, "validate");
-    let containers = built
+    let pod = job
+        .job_template
         .spec
-        .and_then(|s| s.template.spec)
-        .map(|p| p.containers)
-        .unwrap_or_default();
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref());
+    let containers = pod.map(|p| p.containers.as_slice()).unwrap_or_default();
     for container in containers {
-        let resources = container.resources.unwrap_or_default();
+        let resources = container.resources.clone().unwrap_or_default();
         for (kind, list) in [
             ("requests", resources.requests),
             ("limits", resources.limits),
