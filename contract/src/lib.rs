@@ -8,6 +8,7 @@
 //! - [`envelope`]: the message body producers send, and how a message id is chosen.
 //! - [`staged`]: the frame a delivery is stored as while its batch waits in Redis.
 //! - [`keys`]: every Redis key name.
+//! - [`kernels_file`]: the exec kernel table (`KERNELS_FILE`): workers in any language.
 //! - [`exit`]: the runner's exit codes, and which of them mean an outage.
 //! - [`record`]: the result record users read back, and batch states.
 //! - [`retry`]: the one retry helper (exponential backoff with jitter, on backon) that every
@@ -16,6 +17,7 @@
 
 pub mod envelope;
 pub mod exit;
+pub mod kernels_file;
 pub mod keys;
 pub mod record;
 pub mod retry;

@@ -60,6 +60,9 @@ pub struct RunnerEnv {
     /// A result waits at most this long to be written; with the chunk, what a crash can lose.
     #[serde(default = "default_flush_ms")]
     pub result_flush_ms: u64,
+    /// The exec kernel table (`KERNELS_FILE`), as a path in the runner's filesystem.
+    #[serde(default)]
+    pub kernels_file: Option<String>,
 }
 
 fn default_prefix() -> String {
@@ -90,7 +93,7 @@ fn default_flush_ms() -> u64 {
 impl RunnerEnv {
     /// The variables as (name, value) pairs, in a stable order, for a container's `env`.
     pub fn to_vars(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut vars = vec![
             ("BATCH_ID", self.batch_id.clone()),
             ("KEY_PREFIX", self.key_prefix.clone()),
             ("RESULT_TTL_SECONDS", self.result_ttl_seconds.to_string()),
@@ -100,7 +103,11 @@ impl RunnerEnv {
             ("REDIS_RETRY_SECONDS", self.redis_retry_seconds.to_string()),
             ("RESULT_CHUNK", self.result_chunk.to_string()),
             ("RESULT_FLUSH_MS", self.result_flush_ms.to_string()),
-        ]
+        ];
+        if let Some(file) = &self.kernels_file {
+            vars.push(("KERNELS_FILE", file.clone()));
+        }
+        vars
     }
 }
 
@@ -120,6 +127,7 @@ mod tests {
             redis_retry_seconds: 4,
             result_chunk: 5,
             result_flush_ms: 6,
+            kernels_file: Some("k.toml".into()),
         };
         let mut written: Vec<String> = env
             .to_vars()

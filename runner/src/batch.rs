@@ -133,6 +133,7 @@ mod tests {
             redis_retry_seconds: 1,
             result_chunk: 1,
             result_flush_ms: 1,
+            kernels_file: None,
         }
     }
 

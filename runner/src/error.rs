@@ -30,6 +30,10 @@ pub enum Error {
         #[source]
         source: redis::RedisError,
     },
+    /// A kernel cannot run at all: its command cannot be started, or its workers die before
+    /// answering anything. No message is blamed; the batch is retried whole later.
+    #[error("{0}")]
+    KernelUnavailable(crate::kernel::KernelError),
     /// The batch is not staged in Redis (never staged, or expired).
     #[error("batch {batch_id} is not staged in Redis")]
     BatchNotFound {
@@ -50,6 +54,11 @@ impl Error {
             Self::BatchNotFound { .. } => exit::NO_BATCH,
             Self::Redis { .. } => exit::UNAVAILABLE,
             Self::LostRedis { .. } => exit::TEMPFAIL,
+            Self::KernelUnavailable(crate::kernel::KernelError::Unavailable {
+                not_found: true,
+                ..
+            }) => exit::NOT_FOUND,
+            Self::KernelUnavailable(_) => exit::CANNOT_EXECUTE,
         };
         u8::try_from(code).unwrap_or(1)
     }

@@ -133,6 +133,13 @@ impl Config {
             config.job.job_template = Box::new(job_template::load(path)?);
         }
         validate::check(&config).map_err(Error::InvalidConfig)?;
+        // Local runners may start in another directory: hand them an absolute path.
+        if config.service.launcher == LauncherKind::Local
+            && let Some(file) = &mut config.runner.kernels_file
+            && let Ok(absolute) = std::path::absolute(&*file)
+        {
+            *file = absolute.display().to_string();
+        }
         Ok(config)
     }
 
@@ -198,6 +205,7 @@ impl Config {
             redis_retry_seconds: self.runner.redis_retry_seconds,
             result_chunk: self.runner.result_chunk,
             result_flush_ms: self.runner.result_flush_ms,
+            kernels_file: self.runner.kernels_file.clone(),
         }
     }
 

@@ -17,6 +17,10 @@ pub struct RunnerSettings {
     /// The longest a result waits in a runner before it is written, in milliseconds.
     #[serde(default = "d::result_flush_ms")]
     pub result_flush_ms: u64,
+    /// The exec kernel table (`KERNELS_FILE`), a path in the runners' filesystem: workers in
+    /// any language (docs/EXEC.md). Checked at start-up where the dispatcher can see it.
+    #[serde(default)]
+    pub kernels_file: Option<String>,
 }
 
 mod d {

@@ -9,6 +9,7 @@ pub fn check(config: &Config) -> Result<(), String> {
     limits(config)?;
     job(config)?;
     kube(config)?;
+    kernels(config)?;
     memory(config)
 }
 
@@ -105,6 +106,22 @@ fn kube(config: &Config) -> Result<(), String> {
             "JOB_WAIT_SECONDS {wait} must be at least JOB_DEADLINE_SECONDS + JOB_SLACK_SECONDS ({least}): a Job is given up on only after its own deadline"
         )),
         _ => Ok(()),
+    }
+}
+
+/// The exec kernel table, with the message a runner would stop with. A local launcher's
+/// runners share this filesystem and `PATH`, so their commands must be here too; a cluster's
+/// runners have their own image, so a table this dispatcher cannot see is theirs to check.
+fn kernels(config: &Config) -> Result<(), String> {
+    use sluice_contract::kernels_file::KernelTable;
+    let Some(file) = &config.runner.kernels_file else {
+        return Ok(());
+    };
+    let path = std::path::Path::new(file);
+    match config.service.launcher {
+        super::LauncherKind::Local => KernelTable::load(path).map(drop),
+        super::LauncherKind::Kube if path.exists() => KernelTable::read(path).map(drop),
+        super::LauncherKind::Kube => Ok(()),
     }
 }
 

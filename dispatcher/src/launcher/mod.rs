@@ -40,7 +40,7 @@ fn local_from_config(config: &Config, abandon: CancellationToken) -> Result<loca
         config.redis.redis_secret_key.clone(),
     );
     let secrets = BTreeMap::from([(secret, config.redis.redis_url.clone())]);
-    let pass_through = config
+    let mut pass_through: Vec<(String, String)> = config
         .local
         .sluice_test_kernels
         .iter()
@@ -51,6 +51,10 @@ fn local_from_config(config: &Config, abandon: CancellationToken) -> Result<loca
             )
         })
         .collect();
+    // Exec kernels' commands are looked up on PATH, as in an image whose PATH the runtime sets.
+    if let Some(path) = std::env::var_os("PATH") {
+        pass_through.push(("PATH".to_owned(), path.to_string_lossy().into_owned()));
+    }
     let delay = Duration::from_millis(config.local.startup_delay_ms);
     local::LocalLauncher::new(&config.runner_bin(), secrets, pass_through, delay, abandon)
 }

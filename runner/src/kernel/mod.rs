@@ -17,18 +17,32 @@ pub mod testing;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-/// Why a kernel produced no output. Both become `status=error` results.
+/// Why a kernel produced no output. All but [`KernelError::Unavailable`] become
+/// `status=error` results.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KernelError {
     /// No kernel of that name (test kernels count only when compiled in and enabled).
-    #[error("unknown kernel {0:?} (known: modsum, pow, primes, echo)")]
-    Unknown(String),
+    #[error("unknown kernel {name:?} (known: {known})")]
+    Unknown {
+        /// The name the message asked for (at most 64 characters of it).
+        name: String,
+        /// The kernels this runner has, comma-separated.
+        known: String,
+    },
     /// The input does not fit the kernel.
     #[error("invalid input for kernel {kernel}: {reason}")]
     BadInput {
         /// The kernel.
         kernel: &'static str,
         /// What is wrong.
+        reason: String,
+    },
+    /// The input does not deserialise into a registered kernel's input type.
+    #[error("invalid input for kernel {kernel}: {reason}")]
+    Input {
+        /// The kernel.
+        kernel: String,
+        /// serde's message.
         reason: String,
     },
     /// The computation itself cannot produce a valid output (such as an overflow).
@@ -39,34 +53,33 @@ pub enum KernelError {
         /// What went wrong.
         reason: String,
     },
+    /// A registered kernel's own error, or an exec worker's failure on this message, as text.
+    #[error("{0}")]
+    Message(String),
+    /// The kernel cannot run at all (its command cannot be started): an outage, not this
+    /// message's fault. The runner stops with an outage exit code.
+    #[error("kernel {kernel} cannot run: {reason}")]
+    Unavailable {
+        /// The kernel.
+        kernel: String,
+        /// Why.
+        reason: String,
+        /// Its program was not found (exit 127) rather than not runnable (exit 126).
+        not_found: bool,
+    },
 }
 
-/// Runs kernel `name` on `input`. Test kernels are only known when `test_kernels` is set and
-/// the `test-kernels` feature compiled them in.
-pub fn run(name: &str, input: Value, test_kernels: bool) -> Result<Value, KernelError> {
-    match name {
-        "modsum" => modsum::run(input),
-        "pow" => pow::run(input),
-        "primes" => primes::run(input),
-        "echo" => Ok(echo::run(input)),
-        "crash" | "panic" | "sleep" | "bug" if test_kernels => test_kernel(name, input),
-        other => Err(unknown(other)),
-    }
-}
-
-fn unknown(name: &str) -> KernelError {
-    KernelError::Unknown(name.chars().take(64).collect())
-}
-
-#[cfg(feature = "test-kernels")]
-fn test_kernel(name: &str, input: Value) -> Result<Value, KernelError> {
-    testing::run(name, input)
-}
-
-/// Without the feature a test kernel is as unknown as any other name.
-#[cfg(not(feature = "test-kernels"))]
-fn test_kernel(name: &str, _input: Value) -> Result<Value, KernelError> {
-    Err(unknown(name))
+/// Registers the built-in kernels on `runner`, as the shipped runner does: `modsum`, `pow`,
+/// `primes`, `echo`, and the test kernels where the `test-kernels` feature compiled them in.
+pub fn builtin(runner: crate::Runner) -> crate::Runner {
+    let runner = runner
+        .kernel("modsum", modsum::run)
+        .kernel("pow", pow::run)
+        .kernel("primes", primes::run)
+        .kernel("echo", echo::run);
+    #[cfg(feature = "test-kernels")]
+    let runner = testing::register(runner);
+    runner
 }
 
 /// Deserialises a kernel's typed input, turning serde's message into a [`KernelError`].
@@ -86,46 +99,4 @@ pub(crate) fn parse_input<T: DeserializeOwned>(
         kernel,
         reason: e.to_string(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn unknown_kernels_and_hidden_test_kernels_are_errors() {
-        assert_eq!(
-            run("nope", json!(null), false),
-            Err(KernelError::Unknown("nope".into()))
-        );
-        assert_eq!(
-            run("crash", json!(null), false),
-            Err(KernelError::Unknown("crash".into()))
-        );
-    }
-
-    /// The production build: `SLUICE_TEST_KERNELS=1` cannot bring back what was not compiled.
-    #[cfg(not(feature = "test-kernels"))]
-    #[test]
-    fn without_the_feature_test_kernels_are_unknown_even_when_enabled() {
-        for name in ["crash", "panic", "sleep", "bug"] {
-            assert_eq!(
-                run(name, json!({"ms": 0}), true),
-                Err(KernelError::Unknown(name.into()))
-            );
-        }
-    }
-
-    /// The test build: enabled test kernels run (`crash` is left out: it aborts the process).
-    #[cfg(feature = "test-kernels")]
-    #[test]
-    fn with_the_feature_enabled_test_kernels_run() {
-        assert_eq!(
-            run("sleep", json!({"ms": 1}), true),
-            Ok(json!({"slept_ms": 1}))
-        );
-        let panicked = std::panic::catch_unwind(|| run("panic", json!(null), true));
-        assert!(panicked.is_err());
-    }
 }

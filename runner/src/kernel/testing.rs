@@ -22,6 +22,15 @@ struct SleepInput {
 /// What `panic` panics with; the image check's marker for this module (keep it unique).
 pub const PANIC_MESSAGE: &str = "test kernel `panic` panicked on purpose";
 
+/// Registers the test kernels on `runner`; they are known only with `SLUICE_TEST_KERNELS=1`.
+pub fn register(runner: crate::Runner) -> crate::Runner {
+    ["crash", "panic", "sleep", "bug"]
+        .into_iter()
+        .fold(runner, |runner, name| {
+            runner.test_kernel(name, move |input: Value| run(name, input))
+        })
+}
+
 /// Runs test kernel `name`.
 pub fn run(name: &str, input: Value) -> Result<Value, KernelError> {
     match name {
