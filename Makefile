@@ -11,7 +11,8 @@ N ?= 100
 KERNEL ?= modsum
 INPUT ?=
 
-.PHONY: all build release demo demo-local demo-kind test bench setup services services-down tools \
+.PHONY: all build release demo demo-local demo-kind demo-python examples test bench setup services \
+        services-down tools \
         validate image-check deny cluster cluster-down fmt lint kind-up publish results kind-down clean
 
 all: build
@@ -51,6 +52,11 @@ demo:
 demo-local: services release
 	@scripts/demo.sh
 
+## A plain Python function, unchanged, as an exec kernel: the pool manager's cpu_intensive_task
+## published as plain text by a pika producer, run by the local launcher (examples/python).
+demo-python: services tools release
+	@scripts/demo-python.sh
+
 ## kind maps host ports 5672/6379, so the local services this checkout started are stopped first.
 demo-kind: services-down kind-up release
 	@scripts/kind.sh publish 200 modsum
@@ -61,8 +67,9 @@ demo-kind: services-down kind-up release
 ## Formatting, lints, dependency policy, manifest and image validation, the image's build stage
 ## replayed, module cycles, then every test against real services, ending with the reliability
 ## figures and one summary line.
-test: setup services validate image-check deny
+test: setup services validate image-check deny examples
 	scripts/module-cycles.py contract/src dispatcher/src runner/src
+	python -m pytest sdk/python -q
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
@@ -75,6 +82,13 @@ test: setup services validate image-check deny
 	  if [ -f target/outages.tsv ]; then echo "outages: case, seconds from the fix to the last result, batches retried, extra Jobs for the poison message"; \
 	    sed 's/^/  /' target/outages.tsv; fi; \
 	  scripts/test-summary.sh target/test.log; exit $$status
+
+## A user's own runner crate (examples/rust-textstats: the runner library and one kernel), tested
+## and built as its users would, from its own manifest; the users_work suite runs it end to end.
+examples:
+	@scripts/setup.sh rust
+	CARGO_TARGET_DIR=$(CURDIR)/target/examples $(CARGO) test --locked --manifest-path examples/rust-textstats/Cargo.toml
+	CARGO_TARGET_DIR=$(CURDIR)/target/examples $(CARGO) build --locked --manifest-path examples/rust-textstats/Cargo.toml
 
 ## The test cluster: upstream kube-apiserver, controller manager, scheduler and etcd built from
 ## their Go modules (cached in target/cluster), and the node agent; the kube_real suite uses it.
@@ -121,7 +135,7 @@ validate: tools build
 	  target/debug/dispatcher render-job > target/job.yaml
 	kubernetes-validate --strict --kubernetes-version 1.33 target/manifests.yaml target/job.yaml
 	kubernetes-validate --strict target/manifests.yaml target/job.yaml
-	hadolint Dockerfile
+	hadolint Dockerfile examples/rust-textstats/Dockerfile examples/python/Dockerfile
 	checkov --config-file .checkov.yaml -f target/manifests.yaml
 	@# The rendered Job alone: its NetworkPolicy (sluice-runner) is in the manifests, which
 	@# checkov cannot link to a Job rendered separately.

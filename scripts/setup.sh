@@ -5,7 +5,8 @@
 #   scripts/setup.sh rust         the rustfmt and clippy components
 #   scripts/setup.sh cargo-tools  cargo-deny, pinned (CARGO_DENY_VERSION below)
 #   scripts/setup.sh python       the project virtualenv (.venv) with scripts/requirements-tools.txt,
-#                                 every dependency pinned by scripts/constraints-tools.txt
+#                                 every dependency pinned by scripts/constraints-tools.txt, and the
+#                                 Python SDK (sdk/python) installed editable
 #   scripts/setup.sh kubectl      checks kubectl (kustomize); it cannot be installed from here
 # A tool that cannot be installed automatically gets one line naming it and how to get it.
 set -euo pipefail
@@ -107,6 +108,19 @@ python() {
   cat "$req" "$pins" >"$stamp"
 }
 
+# The Python SDK, editable from this checkout: the exec-kernel demo and tests run workers with
+# the virtualenv's python3, as a user's own pip install would.
+python_sdk() {
+  local here
+  here=$("$VENV/bin/python" -c 'import os, sluice_worker; print(os.path.dirname(sluice_worker.__file__))' 2>/dev/null) || here=
+  [[ $here == "$PWD/sdk/python/src/sluice_worker" ]] && return 0
+  mkdir -p "$LOG_DIR"
+  say "installing the Python SDK (sdk/python) into $VENV, editable"
+  "$VENV/bin/pip" install --disable-pip-version-check --retries 10 --no-deps -e ./sdk/python \
+    >>"$LOG_DIR/pip.log" 2>&1 ||
+    die_with_log "$LOG_DIR/pip.log" "pip install -e ./sdk/python failed; see $LOG_DIR/pip.log"
+}
+
 kubectl_check() {
   command -v kubectl >/dev/null ||
     die "kubectl is missing (make test renders the manifests with 'kubectl kustomize'); install kubectl 1.32 or newer: https://kubernetes.io/docs/tasks/tools/"
@@ -134,7 +148,7 @@ for step in "$@"; do
   services) services ;;
   rust) rust ;;
   cargo-tools) cargo_tools ;;
-  python) python ;;
+  python) python && python_sdk ;;
   kubectl) kubectl_check ;;
   cluster) cluster_tools ;;
   *) die "unknown step '$step' (services, rust, cargo-tools, python, kubectl, cluster)" ;;
