@@ -22,8 +22,23 @@ def kernel():
     return result
 
 
+# BASELINE_TASK=cpu_task: the pool manager running the user's function of examples/python on
+# each body instead, so sluice's exec kernel and this pool run the very same code.
+if os.environ.get("BASELINE_TASK") == "cpu_task":
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python"))
+    from cpu_task import cpu_intensive_task
+
+    def work(body):
+        return cpu_intensive_task(body.decode("utf-8"))
+
+else:
+
+    def work(body):
+        return kernel()
+
+
 def on_message(channel, method, properties, body):
-    result = kernel()
+    result = work(body)
     channel.basic_ack(delivery_tag=method.delivery_tag)
     print(result, flush=True)
 

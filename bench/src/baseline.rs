@@ -6,14 +6,21 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// Drains `n` waiting plain-text messages with one worker per core; returns messages/second.
+/// Drains `n` waiting plain-text messages with one worker per core running the seed kernel;
+/// returns messages/second.
 pub async fn run(services: &Services, n: usize) -> Result<f64> {
+    run_task(services, n, None).await
+}
+
+/// [`run`] with the workers running `task` (`BASELINE_TASK`: `cpu_task` is the user function
+/// of examples/python) on bodies `data-<i>`.
+pub async fn run_task(services: &Services, n: usize, task: Option<&str>) -> Result<f64> {
     let queue = format!(
         "bench-baseline-{}",
         &uuid::Uuid::now_v7().simple().to_string()[20..]
     );
     services
-        .publish(&queue, (0..n).map(|i| format!("job {i}").into_bytes()))
+        .publish(&queue, (0..n).map(|i| format!("data-{i}").into_bytes()))
         .await?;
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/baseline/worker.py");
@@ -25,6 +32,7 @@ pub async fn run(services: &Services, n: usize) -> Result<f64> {
             .arg(script)
             .arg(&queue)
             .env("AMQP_URL", &services.amqp)
+            .env("BASELINE_TASK", task.unwrap_or(""))
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

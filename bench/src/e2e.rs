@@ -24,7 +24,8 @@ pub enum Arrival {
 pub struct Scenario {
     /// Messages.
     pub messages: usize,
-    /// `echo` (with publish timestamps, for latency) or `modsum` (defaults).
+    /// `echo` or `pyecho` (with publish timestamps, for latency), `modsum` (defaults), or `seed`
+    /// (plain text `data-<i>` for the default kernel).
     pub kernel: &'static str,
     /// How they arrive.
     pub arrival: Arrival,
@@ -54,7 +55,11 @@ fn bin(name: &str) -> PathBuf {
 }
 
 fn body(kernel: &str, i: usize) -> Vec<u8> {
-    let input = if kernel == "echo" {
+    // The pool manager's producers send plain text, to the default kernel.
+    if kernel == "seed" {
+        return format!("data-{i}").into_bytes();
+    }
+    let input = if kernel == "echo" || kernel == "pyecho" {
         json!({"t": unix_ms()})
     } else {
         Value::Null
@@ -131,7 +136,7 @@ pub async fn run(services: &Services, scenario: &Scenario) -> Result<Measured> {
     }
     dispatcher.wait().await?;
     let jobs: u64 = redis::AsyncCommands::hget(&mut con, &stats, "batches").await?;
-    let (p50_ms, p99_ms) = if kernel == "echo" {
+    let (p50_ms, p99_ms) = if kernel == "echo" || kernel == "pyecho" {
         latencies(&mut con, &tag, n).await?
     } else {
         (0.0, 0.0)

@@ -8,12 +8,14 @@
 //! - [`e2e`]: end-to-end scenarios through the release binaries.
 //! - [`micro`]: criterion's kernel figures.
 //! - [`plot`]: the throughput-against-batch-size chart.
+//! - [`users`]: users' own work: the exec protocol's cost, a Python function three ways.
 
 mod baseline;
 mod broker;
 mod e2e;
 mod micro;
 mod plot;
+mod users;
 
 use anyhow::Result;
 use broker::Services;
@@ -21,7 +23,7 @@ use e2e::{Arrival, Scenario};
 use micro::{Scaling, median};
 
 /// One line of the report.
-struct Row {
+pub(crate) struct Row {
     section: &'static str,
     what: String,
     value: String,
@@ -29,7 +31,7 @@ struct Row {
     holds: Option<bool>,
 }
 
-fn row(section: &'static str, what: impl Into<String>, value: impl Into<String>) -> Row {
+pub(crate) fn row(section: &'static str, what: impl Into<String>, value: impl Into<String>) -> Row {
     Row {
         section,
         what: what.into(),
@@ -39,7 +41,7 @@ fn row(section: &'static str, what: impl Into<String>, value: impl Into<String>)
     }
 }
 
-fn judged(
+pub(crate) fn judged(
     section: &'static str,
     what: impl Into<String>,
     value: impl Into<String>,
@@ -71,11 +73,11 @@ fn rounds() -> usize {
 }
 
 /// Scales message counts down for a quick smoke run.
-fn size(n: usize) -> usize {
+pub(crate) fn size(n: usize) -> usize {
     if quick() { (n / 10).max(10) } else { n }
 }
 
-fn scenario(
+pub(crate) fn scenario(
     messages: usize,
     kernel: &'static str,
     arrival: Arrival,
@@ -117,6 +119,9 @@ async fn main() -> Result<()> {
     }
     if wanted('g') {
         adaptive(&services, &mut rows).await?;
+    }
+    if wanted('h') {
+        users::run(&services, &mut rows).await?;
     }
     rows.sort_by_key(|r| r.section.get(..3).unwrap_or_default().to_owned());
     print(&rows);
