@@ -33,7 +33,7 @@ pub enum Error {
     /// A kernel cannot run at all: its command cannot be started, or its workers die before
     /// answering anything. No message is blamed; the batch is retried whole later.
     #[error("{0}")]
-    KernelUnavailable(crate::kernel::KernelError),
+    KernelUnavailable(crate::registry::KernelError),
     /// The batch is not staged in Redis (never staged, or expired).
     #[error("batch {batch_id} is not staged in Redis")]
     BatchNotFound {
@@ -54,7 +54,7 @@ impl Error {
             Self::BatchNotFound { .. } => exit::NO_BATCH,
             Self::Redis { .. } => exit::UNAVAILABLE,
             Self::LostRedis { .. } => exit::TEMPFAIL,
-            Self::KernelUnavailable(crate::kernel::KernelError::Unavailable {
+            Self::KernelUnavailable(crate::registry::KernelError::Unavailable {
                 not_found: true,
                 ..
             }) => exit::NOT_FOUND,

@@ -3,7 +3,7 @@
 
 use crate::batch::Task;
 use crate::claims::Claims;
-use crate::kernel::KernelError;
+use crate::registry::KernelError;
 use crate::registry::Kernels;
 use serde_json::Value;
 use sluice_contract::record::unix_millis;

@@ -4,7 +4,6 @@
 //! from `KERNELS_FILE` ([`crate::exec`]) sit behind the same [`Kernel`] trait, so the rest of
 //! the runner (claims, rayon, results, exit codes) does not know which is which.
 
-use crate::kernel::KernelError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -12,6 +11,58 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 use std::marker::PhantomData;
 use std::sync::Arc;
+
+/// Why a kernel produced no output. All but [`KernelError::Unavailable`] become
+/// `status=error` results.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelError {
+    /// No kernel of that name (test kernels count only when compiled in and enabled).
+    #[error("unknown kernel {name:?} (known: {known})")]
+    Unknown {
+        /// The name the message asked for (at most 64 characters of it).
+        name: String,
+        /// The kernels this runner has, comma-separated.
+        known: String,
+    },
+    /// The input does not fit the kernel.
+    #[error("invalid input for kernel {kernel}: {reason}")]
+    BadInput {
+        /// The kernel.
+        kernel: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The input does not deserialise into a registered kernel's input type.
+    #[error("invalid input for kernel {kernel}: {reason}")]
+    Input {
+        /// The kernel.
+        kernel: String,
+        /// serde's message.
+        reason: String,
+    },
+    /// The computation itself cannot produce a valid output (such as an overflow).
+    #[error("kernel {kernel} failed: {reason}")]
+    Failed {
+        /// The kernel.
+        kernel: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A registered kernel's own error, or an exec worker's failure on this message, as text.
+    #[error("{0}")]
+    Message(String),
+    /// The kernel cannot run at all (its command cannot be started): an outage, not this
+    /// message's fault. The runner stops with an outage exit code.
+    #[error("kernel {kernel} cannot run: {reason}")]
+    Unavailable {
+        /// The kernel.
+        kernel: String,
+        /// Why.
+        reason: String,
+        /// Its program was not found (exit 127) rather than not runnable (exit 126).
+        not_found: bool,
+    },
+}
 
 /// A kernel as the runner calls it: a message's id and JSON input in, JSON output out.
 pub(crate) trait Kernel: Send + Sync {

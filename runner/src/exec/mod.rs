@@ -14,8 +14,8 @@
 
 pub mod worker;
 
-use crate::kernel::KernelError;
 use crate::registry::Kernel;
+use crate::registry::KernelError;
 use serde_json::Value;
 use sluice_contract::kernels_file::ExecSpec;
 use std::collections::BTreeSet;
