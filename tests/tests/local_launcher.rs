@@ -94,6 +94,8 @@ async fn the_runner_gets_exactly_the_jobs_environment_with_secrets_resolved() {
         "DEFAULT_KERNEL",
         "KEY_PREFIX",
         "MAX_MESSAGE_BYTES",
+        // The dispatcher's own, so that exec kernels' commands are found as in an image.
+        "PATH",
         "RAYON_NUM_THREADS",
         "REDIS_RETRY_SECONDS",
         "REDIS_URL",
@@ -105,6 +107,8 @@ async fn the_runner_gets_exactly_the_jobs_environment_with_secrets_resolved() {
         "SLUICE_TEST_KERNELS",
     ];
     assert_eq!(names, expected);
+    let path = format!("PATH={}", std::env::var("PATH").unwrap_or_default());
+    assert!(env.lines().any(|l| l == path), "{env}");
     // The dispatcher's settings for runners reach them, not the runner's own defaults.
     for line in [
         "REDIS_RETRY_SECONDS=7",

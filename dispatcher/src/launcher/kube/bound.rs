@@ -13,7 +13,7 @@
 //! - running or suspended at the hard limit (`JOB_WAIT_SECONDS`), or unanswered by then: the
 //!   Job is deleted (its pods with it) and the batch retried whole, as an outage.
 
-use super::watch::outcome_of;
+use super::watch::{JobTracker, outcome_of};
 use crate::health::{self, Health};
 use crate::launcher::interface::{Cause, Outcome};
 use k8s_openapi::api::batch::v1::Job;
@@ -99,6 +99,7 @@ pub async fn watch_over(
     name: String,
     bounds: Bounds,
     admission: &Admission,
+    tracker: &JobTracker,
 ) -> Outcome {
     let _watched = Watched {
         admission,
@@ -125,7 +126,7 @@ pub async fn watch_over(
                     "JobUnknown: no outcome after {}s and the API server does not answer ({e})",
                     waited.as_secs()
                 );
-                return give_up(&api, &name, reason).await;
+                return give_up(&api, tracker, &name, reason).await;
             }
             Err(e) => {
                 tracing::warn!(job = %name, error = %e, "could not check on the job");
@@ -149,7 +150,7 @@ pub async fn watch_over(
                     waited.as_secs()
                 )
             };
-            return give_up(&api, &name, reason).await;
+            return give_up(&api, tracker, &name, reason).await;
         }
         if !suspended && waited >= bounds.overdue && !overdue_logged {
             overdue_logged = true;
@@ -158,9 +159,11 @@ pub async fn watch_over(
     }
 }
 
-/// Deletes the Job (its pods with it) so it cannot run later, and fails it as an outage.
-async fn give_up(api: &Api<Job>, name: &str, reason: String) -> Outcome {
+/// Deletes the Job (its pods with it) so it cannot run later, and fails it as an outage. The
+/// watch's wait is dropped first: the delete's own event must not answer for this reason.
+async fn give_up(api: &Api<Job>, tracker: &JobTracker, name: &str, reason: String) -> Outcome {
     tracing::warn!(job = %name, %reason, "giving up on the job");
+    tracker.forget(name);
     let params = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Background),
         ..DeleteParams::default()

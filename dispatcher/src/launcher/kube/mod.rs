@@ -151,8 +151,9 @@ impl KubeLauncher {
             let outcome = tokio::select! {
                 // The Job keeps running in the cluster; the next dispatcher adopts it.
                 () = abandon.cancelled() => Outcome::Abandoned,
-                outcome = outcome => outcome.unwrap_or(Outcome::Abandoned),
-                outcome = bound::watch_over(api, name.clone(), bounds, &admission) => {
+                // A wait the tracker dropped (given up on below) leaves the answer to the bound.
+                Ok(outcome) = outcome => outcome,
+                outcome = bound::watch_over(api, name.clone(), bounds, &admission, &tracker) => {
                     tracker.forget(&name);
                     outcome
                 }
