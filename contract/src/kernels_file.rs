@@ -119,17 +119,23 @@ impl KernelTable {
     }
 
     /// The executable `program` names: relative to the table's directory if it has a `/`,
-    /// else the first match on `PATH`.
+    /// else the first match on `PATH` ([`find_executable`]).
     pub fn program(&self, program: &str) -> Option<PathBuf> {
-        if program.contains('/') {
-            return Some(self.dir.join(program)).filter(|p| is_executable(p));
-        }
-        let path =
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(program))
-            .find(|p| is_executable(p))
+        find_executable(Path::new(program), &self.dir)
     }
+}
+
+/// The executable `program` names, as `exec` finds it: a path with a `/` taken relative to
+/// `base` (an absolute one as it is), a bare name looked up on `PATH` (a default one if unset).
+/// The kernel table's commands and the local launcher's `RUNNER_BIN` are found this way.
+pub fn find_executable(program: &Path, base: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 || program.is_absolute() {
+        return Some(base.join(program)).filter(|p| is_executable(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
 }
 
 fn spec(entry: Entry) -> Result<ExecSpec, String> {

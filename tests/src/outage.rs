@@ -36,8 +36,8 @@ pub fn workload() -> (Vec<String>, Vec<Outgoing>) {
     (ids, messages)
 }
 
-/// Every batch hash of the test: its state and parent.
-async fn batches(env: &TestEnv) -> Vec<HashMap<String, String>> {
+/// Every batch hash of the test (state, reason, parent…), with its `id`.
+pub async fn batches(env: &TestEnv) -> Vec<HashMap<String, String>> {
     let mut con = env.redis().await.unwrap();
     let keys: Vec<String> = con.keys(format!("{}:batch:*", env.prefix)).await.unwrap();
     let mut all = Vec::new();

@@ -12,7 +12,8 @@ use sluice_dispatcher::Config;
 use sluice_dispatcher::metrics::Metrics;
 use sluice_tests::fake_kube::FakeKube;
 use sluice_tests::outage::{
-    POISON, SETTINGS, fix_and_check, outage_then_fix, publish_workload, wait_until_held_back,
+    POISON, SETTINGS, batches, fix_and_check, outage_then_fix, publish_workload,
+    wait_until_held_back,
 };
 use sluice_tests::{Outgoing, TestEnv, binary, require_binaries, spawn_dispatcher_with};
 use std::sync::Arc;
@@ -42,19 +43,14 @@ async fn eventually(what: &str, within: Duration, mut done: impl AsyncFnMut() ->
     }
 }
 
-/// The batches of the test with `state`, and their reasons.
+/// The reasons of the test's batches with `state`.
 async fn reasons(env: &TestEnv, state: &str) -> Vec<String> {
-    use redis::AsyncCommands;
-    let mut con = env.redis().await.unwrap();
-    let keys: Vec<String> = con.keys(format!("{}:batch:*", env.prefix)).await.unwrap();
-    let mut found = Vec::new();
-    for key in keys.iter().filter(|k| k.matches(':').count() == 2) {
-        let batch: std::collections::HashMap<String, String> = con.hgetall(key).await.unwrap();
-        if batch.get("state").map(String::as_str) == Some(state) {
-            found.push(batch.get("reason").cloned().unwrap_or_default());
-        }
-    }
-    found
+    batches(env)
+        .await
+        .into_iter()
+        .filter(|b| b.get("state").map(String::as_str) == Some(state))
+        .map(|b| b.get("reason").cloned().unwrap_or_default())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

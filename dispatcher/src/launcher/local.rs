@@ -10,6 +10,7 @@ use super::interface::{Cause, Launcher, Outcome, Running};
 use crate::error::{Error, Result};
 use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
+use sluice_contract::kernels_file::find_executable;
 use sluice_contract::retry::{Policy, retry_async};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -64,7 +65,7 @@ impl LocalLauncher {
         startup_delay: Duration,
         abandon: CancellationToken,
     ) -> Result<Self> {
-        let runner_bin = find_executable(runner_bin).ok_or_else(|| {
+        let runner_bin = find_executable(runner_bin, Path::new("")).ok_or_else(|| {
             Error::InvalidConfig(format!(
                 "RUNNER_BIN {} not found; build it with `cargo build --release` or set RUNNER_BIN",
                 runner_bin.display()
@@ -161,15 +162,6 @@ impl LocalLauncher {
             .get(&(secret.name.clone(), secret.key.clone()))
             .cloned()
     }
-}
-
-fn find_executable(bin: &Path) -> Option<PathBuf> {
-    if bin.components().count() > 1 {
-        return bin.is_file().then(|| bin.to_path_buf());
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(bin))
-        .find(|p| p.is_file())
 }
 
 /// Delays between a failed run and the next: 400 ms doubling to 6.4 s, plus jitter. Shorter than

@@ -6,7 +6,7 @@
 //! forwards stderr to the runner's log line by line and keeps the last lines for error
 //! reasons (so a chatty worker never blocks on a full stderr pipe).
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -30,6 +30,13 @@ pub struct Worker {
     tail: Arc<Mutex<VecDeque<String>>>,
     /// Messages answered so far.
     pub answered: u64,
+}
+
+/// The runner's line for one message.
+#[derive(serde::Serialize)]
+struct Request<'a> {
+    id: &'a str,
+    input: &'a Value,
 }
 
 /// Why a worker can no longer be used; the message it was on fails with this reason.
@@ -87,12 +94,12 @@ impl Worker {
         input: &Value,
         timeout: Option<Duration>,
     ) -> Result<Result<Value, String>, Broken> {
-        let mut line = json!({"id": id, "input": input}).to_string();
-        line.push('\n');
+        // Serialised from borrows: a large input is not copied once more for its line.
+        let mut line = serde_json::to_vec(&Request { id, input })
+            .map_err(|e| Broken(format!("exec message could not be encoded: {e}")))?;
+        line.push(b'\n');
         let sent = match self.stdin.as_mut() {
-            Some(stdin) => stdin
-                .write_all(line.as_bytes())
-                .and_then(|()| stdin.flush()),
+            Some(stdin) => stdin.write_all(&line).and_then(|()| stdin.flush()),
             None => Err(std::io::ErrorKind::BrokenPipe.into()),
         };
         drop(line);
@@ -265,6 +272,7 @@ fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn answers_must_be_one_object_for_the_same_id() {
