@@ -50,6 +50,19 @@ impl Keys {
         format!("{}:batches:open", self.prefix)
     }
 
+    /// `{prefix}:batches:running`: ids of open batches whose Job is launched; its size is the
+    /// number of Jobs in flight across every dispatcher, held under `MAX_JOBS_IN_FLIGHT` by the
+    /// scripts that launch a batch.
+    pub fn running_batches(&self) -> String {
+        format!("{}:batches:running", self.prefix)
+    }
+
+    /// `{prefix}:dispatcher:{id}`: a dispatcher's lease, set with an expiry and renewed while it
+    /// runs; the open batches of a dispatcher whose lease is gone are adopted by another.
+    pub fn dispatcher_lease(&self, id: &str) -> String {
+        format!("{}:dispatcher:{id}", self.prefix)
+    }
+
     /// `{prefix}:dead`: envelopes given up on.
     pub fn dead(&self) -> String {
         format!("{}:dead", self.prefix)
@@ -101,5 +114,7 @@ mod tests {
         assert_eq!(k.redrive_lock(), "p:redrive:lock");
         assert_eq!(k.stats(), "p:stats");
         assert_eq!(k.runner_health(), "p:runner");
+        assert_eq!(k.running_batches(), "p:batches:running");
+        assert_eq!(k.dispatcher_lease("d1"), "p:dispatcher:d1");
     }
 }

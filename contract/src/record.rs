@@ -62,16 +62,10 @@ impl ResultRecord {
     }
 }
 
-/// Writes a chunk of one batch's results, each exactly once: a result whose hash already
-/// exists (a redelivery, a Job retry, two runners racing on one batch) is not written, counted
-/// or streamed. One call per chunk, not per result: Lua's per-call set-up was most of Redis's
-/// time per message, and the counters are bumped once per chunk.
-///
-/// KEYS: results stream, stats hash, batch hash, then one result hash per record.
-/// ARGV: ttl seconds (0 = keep), stream maxlen, batch id, then [`ARGS_PER_RESULT`] per record:
-/// id, status, detail field, detail, kernel, `duration_us`, `finished_at`.
-/// Returns one integer per record: 1 when written, 0 when it already existed.
-pub const WRITE_RESULTS_LUA: &str = r"
+/// The write-once loop shared by [`WRITE_RESULTS_LUA`] and [`WRITE_RESULTS_BODY`].
+macro_rules! write_results_body {
+    () => {
+        r"
 local ttl = tonumber(ARGV[1])
 local written, by_status, count = {}, {}, 0
 for i = 1, #KEYS - 3 do
@@ -94,8 +88,25 @@ local ok = by_status['ok'] or 0
 local errors = count - ok
 if ok > 0 then redis.call('HINCRBY', KEYS[3], 'ok', ok) end
 if errors > 0 then redis.call('HINCRBY', KEYS[3], 'errors', errors) end
-return written
-";
+"
+    };
+}
+
+/// Writes a chunk of one batch's results, each exactly once: a result whose hash already
+/// exists (a redelivery, a Job retry, two runners racing on one batch) is not written, counted
+/// or streamed. One call per chunk, not per result: Lua's per-call set-up was most of Redis's
+/// time per message, and the counters are bumped once per chunk.
+///
+/// KEYS: results stream, stats hash, batch hash, then one result hash per record.
+/// ARGV: ttl seconds (0 = keep), stream maxlen, batch id, then [`ARGS_PER_RESULT`] per record:
+/// id, status, detail field, detail, kernel, `duration_us`, `finished_at`.
+/// Returns one integer per record: 1 when written, 0 when it already existed.
+pub const WRITE_RESULTS_LUA: &str = concat!(write_results_body!(), "return written\n");
+
+/// The body of [`WRITE_RESULTS_LUA`] without its `return`, for scripts that write results as one
+/// step of a larger atomic change (the dispatcher's dead letters, applied only if their batch is
+/// still as the decision saw it). It leaves the per-record flags in the Lua table `written`.
+pub const WRITE_RESULTS_BODY: &str = write_results_body!();
 
 /// ARGV entries [`WRITE_RESULTS_LUA`] takes per record.
 pub const ARGS_PER_RESULT: usize = 7;

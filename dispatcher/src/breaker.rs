@@ -87,12 +87,6 @@ impl Breaker {
         matches!(self.lock().mode, Mode::Open { .. })
     }
 
-    /// The mode and last outage reason, for status reports.
-    pub fn mode(&self) -> (Mode, String) {
-        let state = self.lock();
-        (state.mode.clone(), state.reason.clone())
-    }
-
     /// Waits until a Job may be launched: at once while closed; while open, until this launch
     /// may be the one probe. `false` once `stop` is cancelled.
     pub async fn admit(&self, stop: &CancellationToken) -> bool {
@@ -126,6 +120,33 @@ impl Breaker {
                 () = &mut changed => {}
                 () = timer => {}
             }
+        }
+    }
+
+    /// Whether a Job may be launched now, without waiting: always while closed; while open,
+    /// when this launch may be the one probe (it is then counted as out). The reconciler asks
+    /// this for staged batches and looks again at [`Breaker::next_probe`].
+    pub fn try_admit(&self) -> bool {
+        let mut state = self.lock();
+        match &mut state.mode {
+            Mode::Closed => true,
+            Mode::Open { probe_at, probing } if !*probing && *probe_at <= Instant::now() => {
+                *probing = true;
+                tracing::info!("launching one job to probe whether runners work again");
+                true
+            }
+            Mode::Open { .. } => false,
+        }
+    }
+
+    /// When a probe may go next, while open and no probe is out.
+    pub fn next_probe(&self) -> Option<Instant> {
+        match self.lock().mode {
+            Mode::Open {
+                probe_at,
+                probing: false,
+            } => Some(probe_at),
+            _ => None,
         }
     }
 

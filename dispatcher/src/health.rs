@@ -16,6 +16,8 @@ pub const JOB_WATCH: &str = "job-watch";
 pub const POD_WATCH: &str = "pod-watch";
 /// Runners keep failing to do their work; launches are held back ([`crate::breaker`]).
 pub const RUNNER: &str = "runner";
+/// Redis does not answer: nothing can be staged, launched or settled until it does.
+pub const REDIS: &str = "redis";
 /// Jobs created suspended (Kueue) are not admitted: more work would only wait behind them.
 pub const ADMISSION: &str = "admission";
 

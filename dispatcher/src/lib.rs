@@ -12,13 +12,16 @@
 //! - [`job`]: the typed Kubernetes Job for the batch.
 //! - [`launcher`]: starts the Job (`local`: a child process; `kube`: a Job in the cluster, its
 //!   outcome from a supervised watch of the cluster's Jobs) and reports its outcome.
-//! - [`flight`]: the in-flight cap; follows each Job to its outcome.
-//! - [`settle`]: records the outcome; tells an outage (retried whole, later) from a crash
-//!   while working (its suspects split to isolate the poison message, which is dead-lettered
-//!   once it fails alone).
+//! - [`reconcile`]: owns every open batch, whoever launched it: on each event and every
+//!   `RECONCILE_SECONDS` it decides one step per batch with a pure function and applies it as
+//!   a compare-and-set ([`cas`], [`steps`]); follows Jobs to their outcome, adopts the batches
+//!   of dispatchers whose lease expired, holds the in-flight cap across every dispatcher.
+//! - [`settle`]: decides what an outcome means ([`reason`]: why a Job failed, typed); tells an
+//!   outage (retried whole, later) from a crash while working (its suspects split to isolate
+//!   the poison message, which is dead-lettered once it fails alone).
 //! - [`breaker`]: backoff for outages; after several in a row, holds launches and consumption
 //!   back and probes with one Job at a time until runners work again.
-//! - [`serve`]: the loop tying these together, recovery of open batches, graceful shutdown.
+//! - [`serve`]: the consume loop tying these together, graceful shutdown.
 //!
 //! Around them: [`config`] (environment), [`error`], [`health`] (readiness with reasons),
 //! [`retry`] (Redis and API calls through the
@@ -30,16 +33,18 @@ pub mod amqp;
 pub mod backlog;
 pub mod batcher;
 pub mod breaker;
+pub mod cas;
 pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod failpoint;
-pub mod flight;
 pub mod health;
 pub mod job;
 pub mod launcher;
 pub mod metrics;
 pub mod publish;
+pub mod reason;
+pub mod reconcile;
 pub mod redrive;
 pub mod retry;
 pub mod serve;
@@ -48,6 +53,7 @@ pub mod shutdown;
 pub mod sizer;
 pub mod stage;
 pub mod status;
+pub mod steps;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -42,6 +42,12 @@ pub struct Metrics {
     /// Job creates the API server refused (403, 404, 422…) or did not take within the retry
     /// budget; their batches are retried whole.
     pub launch_refusals: Counter,
+    /// 1 while Redis answers this dispatcher, 0 while it does not.
+    pub redis_up: Gauge,
+    /// Batches this dispatcher adopted from a dispatcher that was lost or stopped.
+    pub adopted: Counter,
+    /// Compare-and-set steps another dispatcher (or an earlier decision) had already taken.
+    pub stale_steps: Counter,
     health: Arc<Health>,
 }
 
@@ -60,6 +66,9 @@ impl Metrics {
             outages: Counter::default(),
             runner_healthy: Gauge::default(),
             launch_refusals: Counter::default(),
+            redis_up: Gauge::default(),
+            adopted: Counter::default(),
+            stale_steps: Counter::default(),
             health: Arc::default(),
             registry: Registry::default(),
         };
@@ -101,7 +110,23 @@ impl Metrics {
             "Job creates refused by the API server or not taken within the retry budget; their batches retried whole",
             m.launch_refusals.clone(),
         );
+        registry.register(
+            "redis_up",
+            "1 while Redis answers this dispatcher, 0 while it does not",
+            m.redis_up.clone(),
+        );
+        registry.register(
+            "batches_adopted",
+            "Batches adopted from a dispatcher whose lease expired or that stopped",
+            m.adopted.clone(),
+        );
+        registry.register(
+            "stale_steps",
+            "Batch steps not applied because the batch had changed since the decision (another dispatcher took it)",
+            m.stale_steps.clone(),
+        );
         m.runner_healthy.set(1);
+        m.redis_up.set(1);
         Self { registry, ..m }
     }
 

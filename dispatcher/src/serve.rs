@@ -1,10 +1,10 @@
 //! `dispatcher serve`: consume, batch, stage, launch, ack; record outcomes; stop gracefully;
 //! pause consumption while the circuit breaker holds launches back.
 //!
-//! The order per batch is what makes the hand-off safe: a permit from the in-flight cap is
-//! taken first (so a burst waits in RabbitMQ), then the batch is staged in Redis, then its Job
-//! is launched, and only then are its deliveries acked. A crash at any point before the ack
-//! leaves the messages in RabbitMQ.
+//! The order per batch is what makes the hand-off safe: the batch is staged in Redis only once
+//! a slot under the in-flight cap (shared by every dispatcher) is free, so a burst waits in
+//! RabbitMQ; then its Job is launched, and only then are its deliveries acked. A crash at any
+//! point before the ack leaves the messages in RabbitMQ.
 
 use crate::backlog::Backlog;
 use crate::batcher::{Batcher, Limits, Next};
@@ -12,18 +12,18 @@ use crate::config::Config;
 use crate::consumer::{Consumer, Pending};
 use crate::error::{Error, Result};
 use crate::failpoint::Failpoint;
-use crate::flight::{Flight, Launch};
 use crate::metrics::Metrics;
+use crate::reconcile::{Fresh, Reconciler, lease};
 use crate::sizer::{BatchMode, Sizer};
 use crate::stage::Stager;
-use crate::{health, job, launcher};
+use crate::{health, launcher};
 use futures::StreamExt;
+use sluice_contract::Keys;
 use sluice_contract::retry::Policy;
-use sluice_contract::{BatchState, Keys};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Delays between attempts to (re)connect the consumer: 400 ms doubling to 12.8 s, plus jitter,
 /// for as long as the dispatcher runs.
@@ -47,13 +47,13 @@ struct Dispatcher {
     config: Arc<Config>,
     sizer: Arc<Sizer>,
     failpoint: Failpoint,
-    stager: Stager,
-    flight: Flight,
+    reconciler: Reconciler,
     metrics: Arc<Metrics>,
 }
 
 /// Runs the dispatcher until `shutdown` is cancelled, then lets running Jobs finish for up to
-/// `SHUTDOWN_GRACE_SECONDS` and returns.
+/// `SHUTDOWN_GRACE_SECONDS` and returns. Open batches, this dispatcher's and those of
+/// dispatchers that are gone, are taken care of by the [`reconcile`](crate::reconcile) loop.
 pub async fn run(
     config: Config,
     metrics: Arc<Metrics>,
@@ -63,11 +63,20 @@ pub async fn run(
     let launcher =
         launcher::from_config(&config, abandon.clone(), Arc::clone(metrics.health())).await?;
     let keys = Keys::new(&config.redis.key_prefix);
+    metrics
+        .health()
+        .block(health::REDIS, "not connected to redis yet");
+    let url = &config.redis.redis_url;
     let stager = tokio::select! {
         () = shutdown.cancelled() => return Ok(Summary::default()),
-        stager = Stager::connect(&config.redis.redis_url, keys, config.redis.result_ttl_seconds) => stager?,
+        stager = Stager::connect_within(url, keys, config.redis.result_ttl_seconds, None) => stager?,
     };
-    tracing::info!(launcher = launcher.kind(), queue = %config.broker.queue, "dispatcher starting");
+    let me = config.replicas.id_or_generate();
+    let lease_ttl = config.replicas.lease();
+    if !take_lease(&stager, &me, lease_ttl, &metrics, &shutdown).await {
+        return Ok(Summary::default());
+    }
+    tracing::info!(launcher = launcher.kind(), queue = %config.broker.queue, dispatcher = %me, "dispatcher starting");
     let config = Arc::new(config);
     let sizer = Arc::new(Sizer::new(
         config.batching.batch_mode,
@@ -76,78 +85,83 @@ pub async fn run(
         config.batching.max_jobs_in_flight,
         config.job_startup_prior(),
     ));
-    let flight = Flight::new(
+    let reconciler = Reconciler::new(
         Arc::clone(&config),
         stager.clone(),
         launcher,
         Arc::clone(&metrics),
         Arc::clone(&sizer),
+        me.clone(),
         abandon,
     );
+    let background = TaskTracker::new();
+    let (stop_loop, stop_lease) = (CancellationToken::new(), CancellationToken::new());
+    let looping = reconciler.clone();
+    let loop_stop = stop_loop.clone();
+    background.spawn(async move { looping.run(loop_stop).await });
+    background.spawn(lease::hold(
+        stager,
+        me,
+        lease_ttl,
+        Arc::clone(&metrics),
+        stop_lease.clone(),
+    ));
+    background.close();
     let failpoint = Failpoint::parse(config.service.sluice_failpoint.as_deref());
     let dispatcher = Dispatcher {
         config,
         sizer,
         failpoint,
-        stager,
-        flight,
+        reconciler,
         metrics,
     };
-    let mut summary = Summary {
-        launched: dispatcher.recover(&shutdown).await?,
-        ..Summary::default()
-    };
-    summary.launched += dispatcher.consume(&shutdown).await;
+    dispatcher.consume(&shutdown).await;
     let grace = Duration::from_secs(dispatcher.config.service.shutdown_grace_seconds);
-    summary.abandoned = dispatcher.flight.drain(grace).await;
+    let abandoned = dispatcher.reconciler.drain(grace).await;
+    stop_loop.cancel();
+    stop_lease.cancel();
+    background.wait().await;
+    let summary = Summary {
+        launched: dispatcher.reconciler.launched(),
+        abandoned,
+    };
     tracing::info!(?summary, "dispatcher stopped");
     Ok(summary)
 }
 
-impl Dispatcher {
-    /// Relaunches batches a previous run staged but did not see finish. The runner skips
-    /// messages that already have results, so a relaunch never redoes finished work.
-    async fn recover(&self, shutdown: &CancellationToken) -> Result<u64> {
-        let mut launched = 0;
-        for batch_id in self.stager.open_batches().await? {
-            let Some(permit) = self.flight.slot(shutdown).await else {
-                break;
-            };
-            match self.stager.batch_info(&batch_id).await? {
-                Some((_, Some(BatchState::Staged | BatchState::Running))) => {
-                    if !self.flight.breaker().admit(shutdown).await {
-                        break;
-                    }
-                    tracing::info!(batch = %batch_id, "relaunching a batch left open by an earlier run");
-                    self.flight
-                        .launch(&batch_id, permit, Launch::Staged)
-                        .await?;
-                    launched += 1;
-                }
-                Some((_, Some(state))) => {
-                    // Finished while no dispatcher watched (the runner marks its own success):
-                    // record it and release its Job.
-                    self.stager.close(&batch_id, state, None).await?;
-                    self.flight
-                        .launcher()
-                        .finished(&job::job_name(&batch_id))
-                        .await?;
-                }
-                _ => {
-                    self.stager
-                        .close(&batch_id, BatchState::Failed, Some("batch state lost"))
-                        .await?;
+/// Sets this dispatcher's lease before it launches anything, retrying while Redis does not
+/// answer; `false` if `shutdown` comes first.
+async fn take_lease(
+    stager: &Stager,
+    me: &str,
+    ttl: Duration,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = RECONNECT.backoff();
+    loop {
+        match stager.renew_lease(me, ttl).await {
+            Ok(()) => {
+                metrics.health().clear(health::REDIS);
+                return true;
+            }
+            Err(e) => {
+                let delay = backoff.next_delay().unwrap_or(RECONNECT.max_delay());
+                tracing::warn!(error = %e, ?delay, "cannot take the dispatcher's lease; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(delay) => {}
                 }
             }
         }
-        Ok(launched)
     }
+}
 
+impl Dispatcher {
     /// Consumes until shutdown, reconnecting with backoff whenever RabbitMQ or Redis fails.
     /// The schedule starts over once a session is up, so a failure after a good session waits
     /// the shortest delay again.
-    async fn consume(&self, shutdown: &CancellationToken) -> u64 {
-        let mut launched = 0;
+    async fn consume(&self, shutdown: &CancellationToken) {
         let mut backoff = RECONNECT.backoff();
         while !shutdown.is_cancelled() {
             let session = tokio::select! {
@@ -158,8 +172,7 @@ impl Dispatcher {
                 Ok((consumer, stream)) => {
                     backoff = RECONNECT.backoff();
                     self.metrics.health().clear(health::CONSUMER);
-                    self.consume_session(consumer, stream, shutdown, &mut launched)
-                        .await
+                    self.consume_session(consumer, stream, shutdown).await
                 }
                 Err(e) => Err(e),
             };
@@ -169,7 +182,7 @@ impl Dispatcher {
                 Err(e) => format!("consumer stopped: {e}"),
             };
             self.metrics.health().block(health::CONSUMER, reason);
-            if outcome.is_ok() && !self.flight.breaker().closed(shutdown).await {
+            if outcome.is_ok() && !self.reconciler.breaker().closed(shutdown).await {
                 break;
             }
             if let Err(e) = outcome {
@@ -184,7 +197,6 @@ impl Dispatcher {
                 }
             }
         }
-        launched
     }
 
     /// One connection's life: batches until shutdown or failure. Unacked deliveries (a batch
@@ -194,7 +206,6 @@ impl Dispatcher {
         consumer: Consumer,
         stream: lapin::Consumer,
         shutdown: &CancellationToken,
-        launched: &mut u64,
     ) -> Result<()> {
         let max_bytes = self.config.broker.max_message_bytes;
         let limits = Limits {
@@ -204,7 +215,7 @@ impl Dispatcher {
         };
         let mut batcher = Batcher::new(limits);
         let mut deliveries = Backlog::new(stream.map(|d| d.map(|d| Pending::new(d, max_bytes))));
-        let breaker = self.flight.breaker();
+        let breaker = self.reconciler.breaker();
         let result = loop {
             if breaker.is_open() {
                 // Deliveries not yet staged go back to the queue as the session closes.
@@ -239,47 +250,42 @@ impl Dispatcher {
             if !breaker.admit(shutdown).await {
                 break Ok(());
             }
-            let Some(permit) = self.flight.slot(shutdown).await else {
-                break Ok(());
-            };
-            if let Err(e) = self.dispatch(&consumer, batch, permit).await {
-                break Err(e);
+            match self.dispatch(&consumer, batch, shutdown).await {
+                Ok(Fresh::Launched) => {}
+                Ok(Fresh::Stopped) => break Ok(()),
+                Err(e) => break Err(e),
             }
-            *launched += 1;
         };
         consumer.close().await;
         result
     }
 
-    /// Stages a closed batch, launches its Job and acks its deliveries.
+    /// Stages a closed batch once a slot under the cap is free, launches its Job and acks
+    /// its deliveries.
     #[tracing::instrument(skip_all, fields(batch, size = batch.len()))]
     async fn dispatch(
         &self,
         consumer: &Consumer,
         batch: Vec<Pending>,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<()> {
+        shutdown: &CancellationToken,
+    ) -> Result<Fresh> {
         let batch_id = uuid::Uuid::now_v7().to_string();
         tracing::Span::current().record("batch", batch_id.as_str());
         let last_tag = batch.last().map_or(0, |p| p.tag);
         let size = batch.len() as u64;
         let frames: Vec<Vec<u8>> = batch.into_iter().map(|p| p.frame).collect();
-        self.failpoint.hit("before-stage");
-        self.stager
-            .stage(&batch_id, &job::job_name(&batch_id), &frames)
+        let launched = self
+            .reconciler
+            .launch_fresh(&batch_id, &frames, &self.failpoint, shutdown)
             .await?;
         drop(frames);
-        self.failpoint.hit("before-launch");
-        if let Err(e) = self.flight.launch(&batch_id, permit, Launch::Fresh).await {
-            // The deliveries return to the queue when this session closes: drop the staged
-            // copy, so the redelivered messages are staged once.
-            self.stager.discard(&batch_id, size as usize).await?;
-            return Err(e);
+        if launched == Fresh::Stopped {
+            return Ok(launched);
         }
         self.failpoint.hit("before-ack");
         consumer.ack_through(last_tag).await?;
         self.failpoint.hit("after-ack");
         self.metrics.messages.inc_by(size);
-        Ok(())
+        Ok(launched)
     }
 }

@@ -1,28 +1,34 @@
-//! Recording how a batch's Job ended, and telling an outage from a poison message.
+//! Settling how a batch's Job ended, and telling an outage from a poison message.
 //!
-//! A succeeded Job closes its batch. A failed one is judged by what the launcher saw
-//! ([`Cause`]) and by what the runner recorded in Redis before it died (see the runner's
-//! `claims`): how many runs reached the batch, and which ids they were working on.
+//! A succeeded Job closes its batch. A failed one is judged by its [`FailureKind`] and by
+//! what the runner recorded in Redis before it died (see the runner's `claims`): how many runs
+//! reached the batch, and which ids they were working on. [`plan`] decides, without I/O;
+//! [`settle`] reads its inputs and applies its plan as one compare-and-set step.
 //!
 //! - **Outage**: the Job could not do its work (an outage exit code, an image that cannot be
-//!   pulled, a refused or evicted pod, a vanished Job), or no runner ever reached the batch, or
-//!   it died with nothing attributable in hand. The unfinished messages are staged again,
-//!   whole, as one new batch, to be launched after a backoff ([`crate::breaker`]); the failed
-//!   batch is closed as `retried`. Never split, never dead-lettered.
+//!   pulled, a refused or evicted pod, a vanished Job, a run lost with its dispatcher), or no
+//!   runner ever reached the batch, or it died with nothing attributable in hand. The
+//!   unfinished messages are staged again, whole, as one new batch, to be launched after a
+//!   backoff ([`crate::breaker`]); the failed batch is closed as `retried`. Never split, never
+//!   dead-lettered.
 //! - **Crash**: a runner died (or hung) while working. The *suspects* are the ids it recorded
 //!   as working that still have no result; every other unfinished message is innocent and is
 //!   staged again as a batch of its own. The suspects are split in two halves, recursively,
 //!   until the culprit is alone; a message whose Job still fails alone gets a `dead` result
-//!   with the Job's failure reason, and its envelope is pushed to `{prefix}:dead`. The
-//!   suspects are the few messages in hand (two per runner thread for slow kernels), so one
-//!   poison message costs about 2·⌈log2 s⌉ + 1 extra Jobs for s suspects, not 2·⌈log2 n⌉ for a
-//!   batch of n.
+//!   with the Job's failure reason, and its envelope is pushed to `{prefix}:dead`. One poison
+//!   message costs about 2·⌈log2 s⌉ + 1 extra Jobs for s suspects.
+//!
+//! Children's ids are derived from the parent and the step ([`child_id`]), so two dispatchers
+//! settling the same outcome converge on one set of children, one dead-list entry.
 
+use crate::cas::Applied;
 use crate::error::Result;
-use crate::launcher::{Cause, Outcome};
+use crate::launcher::Outcome;
+use crate::reason::{Cause, Failure};
 use crate::stage::Stager;
+use crate::steps::{self, BatchView, Child, child_id};
 use serde_json::json;
-use sluice_contract::record::{ResultWrite, WRITE_RESULTS_LUA, unix_millis};
+use sluice_contract::record::{ResultWrite, unix_millis};
 use sluice_contract::{BatchState, Envelope, ResultRecord, StagedMessage, Status};
 use std::collections::HashSet;
 
@@ -35,7 +41,7 @@ pub struct DeadLetterSettings {
     pub stream_maxlen: u64,
 }
 
-/// What recording an outcome led to.
+/// What settling an outcome led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
     /// The batch is closed; `dead` messages were given up on.
@@ -50,117 +56,215 @@ pub enum Settled {
         children: Vec<String>,
     },
     /// The Job could not do its work: its unfinished messages are staged again, whole, as
-    /// `child`, to be launched after a backoff.
+    /// `child`.
     Retry {
         /// The new batch's id.
         child: String,
         /// Why the Job could not do its work.
-        reason: String,
+        failure: Failure,
     },
+    /// Another dispatcher (or an earlier pass) settled the batch first; nothing was done.
+    Stale,
 }
 
 impl Settled {
     /// Whether the Job's runner reached its work (anything but an outage).
     pub fn reached_work(&self) -> bool {
-        !matches!(self, Self::Retry { .. })
+        matches!(self, Self::Closed { .. } | Self::Split { .. })
     }
 }
 
 /// A message of a failed batch that has no result yet.
-struct Unfinished {
-    id: String,
-    message: StagedMessage,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Its id.
+    pub id: String,
+    /// What was staged.
+    pub message: StagedMessage,
 }
 
-/// Records `outcome` for `batch_id`.
-pub async fn settle(
-    stager: &Stager,
-    batch_id: &str,
-    outcome: &Outcome,
-    settings: DeadLetterSettings,
-) -> Result<Settled> {
-    let (reason, cause) = match outcome {
-        Outcome::Succeeded => {
-            stager.close(batch_id, BatchState::Succeeded, None).await?;
-            return Ok(Settled::Closed { dead: 0 });
-        }
-        Outcome::Abandoned => return Ok(Settled::Closed { dead: 0 }),
-        Outcome::Failed { reason, cause } => (reason.as_str(), *cause),
-    };
-    let unfinished = unfinished(stager, batch_id).await?;
+/// What the runners recorded of a failed batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attribution {
+    /// How many runs reached the batch.
+    pub runs: u64,
+    /// The ids they recorded as working.
+    pub working: HashSet<String>,
+}
+
+/// The decision for one outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Close the batch as `state`.
+    Close {
+        /// `succeeded` (every message has its result).
+        state: BatchState,
+        /// The failure it ended on, if one came after the last result.
+        failure: Option<Failure>,
+    },
+    /// Stage the unfinished messages again, whole, as one batch (an outage).
+    Retry {
+        /// Why, with the judgement added.
+        failure: Failure,
+        /// The messages.
+        messages: Vec<Unfinished>,
+    },
+    /// Give the one suspect up: it failed alone.
+    DeadLetter {
+        /// The Job's failure.
+        failure: Failure,
+        /// The message.
+        message: Unfinished,
+    },
+    /// Split: the innocents (if any) and the suspects' halves, each staged as a batch.
+    Split {
+        /// The Job's failure.
+        failure: Failure,
+        /// Each group with the step name its id derives from.
+        groups: Vec<(&'static str, Vec<Unfinished>)>,
+    },
+}
+
+/// Decides what a failed Job means for its batch's `unfinished` messages.
+pub fn plan(failure: &Failure, unfinished: Vec<Unfinished>, attribution: &Attribution) -> Plan {
     if unfinished.is_empty() {
         // Every message has its result: whatever failed afterwards cost nothing.
-        stager
-            .close(batch_id, BatchState::Succeeded, Some(reason))
-            .await?;
-        return Ok(Settled::Closed { dead: 0 });
-    }
-    let whole = frames(&unfinished, &[]);
-    let (runs, working) = stager.attribution(batch_id).await?;
-    let working: HashSet<String> = working.into_iter().collect();
-    let (suspects, innocents): (Vec<Unfinished>, Vec<Unfinished>) = unfinished
-        .into_iter()
-        .partition(|u| working.contains(&u.id));
-    if cause == Cause::Outage || runs == 0 || suspects.is_empty() {
-        let why = match (cause, runs) {
-            (Cause::Outage, _) => reason.to_owned(),
-            (_, 0) => format!("{reason} (its runner never reached the batch)"),
-            _ => format!("{reason} (with no message in hand)"),
+        return Plan::Close {
+            state: BatchState::Succeeded,
+            failure: Some(failure.clone()),
         };
-        let child = (uuid::Uuid::now_v7().to_string(), whole);
-        stager
-            .replace(
-                batch_id,
-                BatchState::Retried,
-                &why,
-                std::slice::from_ref(&child),
-            )
-            .await?;
-        return Ok(Settled::Retry {
-            child: child.0,
-            reason: why,
-        });
     }
-    if suspects.len() == 1 && innocents.is_empty() {
-        let dead = dead_letter(stager, batch_id, reason, &suspects, settings).await?;
-        stager
-            .close(batch_id, BatchState::Failed, Some(reason))
-            .await?;
-        return Ok(Settled::Closed { dead });
+    let (suspects, innocents): (Vec<Unfinished>, Vec<Unfinished>) = unfinished
+        .iter()
+        .cloned()
+        .partition(|u| attribution.working.contains(&u.id));
+    let why = match (failure.cause(), attribution.runs) {
+        (Cause::Outage, _) => None,
+        (_, 0) => Some("its runner never reached the batch"),
+        _ if suspects.is_empty() => Some("with no message in hand"),
+        _ => {
+            return split(failure, suspects, innocents);
+        }
+    };
+    let failure = match why {
+        Some(why) => Failure::new(failure.kind, format!("{} ({why})", failure.reason)),
+        None => failure.clone(),
+    };
+    Plan::Retry {
+        failure,
+        messages: unfinished,
     }
-    let mut groups: Vec<&[Unfinished]> = Vec::new();
-    if !innocents.is_empty() {
-        groups.push(&innocents);
-    }
-    if suspects.len() > 1 {
-        let (first, second) = suspects.split_at(suspects.len() / 2);
-        groups.extend([first, second]);
-    } else {
-        groups.push(&suspects);
-    }
-    let children: Vec<(String, Vec<Vec<u8>>)> = groups
-        .into_iter()
-        .map(|group| (uuid::Uuid::now_v7().to_string(), frames(group, &[])))
-        .collect();
-    stager
-        .replace(batch_id, BatchState::Split, reason, &children)
-        .await?;
-    Ok(Settled::Split {
-        children: children.into_iter().map(|(id, _)| id).collect(),
-    })
 }
 
-fn frames(first: &[Unfinished], then: &[Unfinished]) -> Vec<Vec<u8>> {
-    first
-        .iter()
-        .chain(then)
-        .map(|u| u.message.encode())
-        .collect()
+fn split(failure: &Failure, mut suspects: Vec<Unfinished>, innocents: Vec<Unfinished>) -> Plan {
+    let failure = failure.clone();
+    if suspects.len() == 1 && innocents.is_empty() {
+        let message = suspects.remove(0);
+        return Plan::DeadLetter { failure, message };
+    }
+    let mut groups = Vec::new();
+    if !innocents.is_empty() {
+        groups.push(("innocents", innocents));
+    }
+    if suspects.len() > 1 {
+        let second = suspects.split_off(suspects.len() / 2);
+        groups.extend([("half-0", suspects), ("half-1", second)]);
+    } else {
+        groups.push(("suspect", suspects));
+    }
+    Plan::Split { failure, groups }
+}
+
+/// Settles `outcome` for the batch as `view` saw it. `retry_at` gives the Unix ms before which
+/// a batch retried after `failure` may not launch (the breaker's backoff). Applied once, by
+/// compare-and-set: a dispatcher that settles second gets [`Settled::Stale`].
+pub async fn settle(
+    stager: &Stager,
+    view: &BatchView,
+    outcome: &Outcome,
+    settings: DeadLetterSettings,
+    retry_at: impl FnOnce(&Failure) -> u64,
+) -> Result<Settled> {
+    let keys = stager.keys();
+    let ttl = settings.ttl_seconds;
+    let failure = match outcome {
+        Outcome::Succeeded => {
+            let step = steps::close(keys, view, BatchState::Succeeded, None, ttl);
+            return Ok(closed(stager.apply(&step, "closing a batch").await?, 0));
+        }
+        // Not an outcome of the batch: whoever adopts it follows the Job on.
+        Outcome::Abandoned => return Ok(Settled::Stale),
+        Outcome::Failed(failure) => failure,
+    };
+    let unfinished = unfinished(stager, &view.id).await?;
+    let (runs, working) = stager.attribution(&view.id).await?;
+    let attribution = Attribution {
+        runs,
+        working: working.into_iter().collect(),
+    };
+    match plan(failure, unfinished, &attribution) {
+        Plan::Close { state, failure } => {
+            let step = steps::close(keys, view, state, failure.as_ref(), ttl);
+            Ok(closed(stager.apply(&step, "closing a batch").await?, 0))
+        }
+        Plan::Retry { failure, messages } => {
+            let child = Child {
+                id: child_id(&view.id, "retry"),
+                frames: frames(&messages),
+                not_before: retry_at(&failure),
+            };
+            let step = steps::replace(
+                keys,
+                view,
+                BatchState::Retried,
+                &failure,
+                std::slice::from_ref(&child),
+                ttl,
+            );
+            Ok(match stager.apply(&step, "retrying a batch whole").await? {
+                Applied::Yes => Settled::Retry {
+                    child: child.id,
+                    failure,
+                },
+                _ => Settled::Stale,
+            })
+        }
+        Plan::DeadLetter { failure, message } => {
+            dead_letter(stager, view, &failure, &message, settings).await
+        }
+        Plan::Split { failure, groups } => {
+            let children: Vec<Child> = groups
+                .into_iter()
+                .map(|(step, group)| Child {
+                    id: child_id(&view.id, step),
+                    frames: frames(&group),
+                    not_before: 0,
+                })
+                .collect();
+            let step = steps::replace(keys, view, BatchState::Split, &failure, &children, ttl);
+            Ok(match stager.apply(&step, "splitting a batch").await? {
+                Applied::Yes => Settled::Split {
+                    children: children.into_iter().map(|c| c.id).collect(),
+                },
+                _ => Settled::Stale,
+            })
+        }
+    }
+}
+
+fn closed(applied: Applied, dead: usize) -> Settled {
+    match applied {
+        Applied::Yes => Settled::Closed { dead },
+        _ => Settled::Stale,
+    }
+}
+
+fn frames(messages: &[Unfinished]) -> Vec<Vec<u8>> {
+    messages.iter().map(|u| u.message.encode()).collect()
 }
 
 /// The batch's messages without a result, one per id, in staged order.
 async fn unfinished(stager: &Stager, batch_id: &str) -> Result<Vec<Unfinished>> {
-    let keys = stager.keys().clone();
     let mut seen = HashSet::new();
     let messages: Vec<Unfinished> = stager
         .frames(batch_id)
@@ -175,15 +279,8 @@ async fn unfinished(stager: &Stager, batch_id: &str) -> Result<Vec<Unfinished>> 
         })
         .filter(|u| seen.insert(u.id.clone()))
         .collect();
-    let done: Vec<bool> = stager
-        .retry("checking results of a failed batch", |mut con| {
-            let mut pipe = redis::pipe();
-            for u in &messages {
-                pipe.exists(keys.result(&u.id));
-            }
-            async move { pipe.query_async(&mut con).await }
-        })
-        .await?;
+    let ids: Vec<&str> = messages.iter().map(|u| u.id.as_str()).collect();
+    let done = stager.results_exist(&ids).await?;
     Ok(messages
         .into_iter()
         .zip(done)
@@ -192,64 +289,45 @@ async fn unfinished(stager: &Stager, batch_id: &str) -> Result<Vec<Unfinished>> 
         .collect())
 }
 
-/// Gives each message a `dead` result and pushes its envelope to `{prefix}:dead`.
+/// Gives the message a `dead` result, pushes its envelope to `{prefix}:dead` and closes the
+/// batch as `failed`, all in one step.
 async fn dead_letter(
     stager: &Stager,
-    batch_id: &str,
-    reason: &str,
-    messages: &[Unfinished],
+    view: &BatchView,
+    failure: &Failure,
+    message: &Unfinished,
     settings: DeadLetterSettings,
-) -> Result<usize> {
-    if messages.is_empty() {
-        return Ok(0);
-    }
-    let keys = stager.keys().clone();
-    let reason = format!("gave up: the message's Job failed on its own: {reason}");
-    let finished_at = unix_millis();
-    let records: Vec<ResultRecord> = messages
-        .iter()
-        .map(|Unfinished { id, .. }| ResultRecord {
-            id: id.clone(),
-            status: Status::Dead,
-            detail: reason.clone(),
-            kernel: String::new(),
-            batch: batch_id.to_owned(),
-            duration_us: 0,
-            finished_at,
-        })
-        .collect();
-    let call = ResultWrite::new(
-        &keys,
-        batch_id,
+) -> Result<Settled> {
+    let reason = format!("gave up: the message's Job failed on its own: {failure}");
+    let records = [ResultRecord {
+        id: message.id.clone(),
+        status: Status::Dead,
+        detail: reason.clone(),
+        kernel: String::new(),
+        batch: view.id.clone(),
+        duration_us: 0,
+        finished_at: unix_millis(),
+    }];
+    let results = ResultWrite::new(
+        stager.keys(),
+        &view.id,
         &records,
         settings.ttl_seconds,
         settings.stream_maxlen,
     );
-    let dead: Vec<String> = messages
-        .iter()
-        .map(|Unfinished { id, message }| {
-            json!({
-                "id": id,
-                "batch": batch_id,
-                "reason": reason,
-                "body": String::from_utf8_lossy(&message.body),
-            })
-            .to_string()
-        })
-        .collect();
-    stager
-        .retry("dead-lettering messages", |mut con| {
-            let mut pipe = redis::pipe();
-            pipe.cmd("EVAL")
-                .arg(WRITE_RESULTS_LUA)
-                .arg(call.keys.len())
-                .arg(&call.keys[..])
-                .arg(&call.args[..])
-                .ignore()
-                .lpush(keys.dead(), &dead[..])
-                .ignore();
-            async move { pipe.query_async::<()>(&mut con).await }
-        })
+    let entry = json!({
+        "id": message.id,
+        "batch": view.id,
+        "reason": reason,
+        "body": String::from_utf8_lossy(&message.message.body),
+    })
+    .to_string();
+    let step = steps::dead_letter(stager.keys(), view, failure, &[entry], settings.ttl_seconds);
+    let applied = stager
+        .apply_with_results(&step, &results, "dead-lettering a message")
         .await?;
-    Ok(messages.len())
+    Ok(closed(applied, 1))
 }
+
+#[cfg(test)]
+mod tests;

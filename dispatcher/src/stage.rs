@@ -1,13 +1,17 @@
-//! The dispatcher's side of Redis: staging batches and recording their state.
+//! The dispatcher's side of Redis: staging batches, reading what is recorded of them, applying
+//! the reconciler's steps ([`crate::steps`]) and the dispatchers' leases.
 //!
-//! A batch is staged in one MULTI/EXEC transaction (its messages, its state hash, the open-set
-//! entry and the counters), so a crash leaves either all of it or none.
+//! A fresh batch is staged by one compare-and-set step (its messages, its state hash, the
+//! open-set and running-set entries and the counters), so a crash leaves either all of it or
+//! none, and the shared in-flight cap is checked in the same step.
 
+use crate::cas::{Applied, Step, applied};
 use crate::error::{Error, Result};
 use crate::retry::with_backoff;
+use crate::steps::{self, BatchView};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use sluice_contract::record::unix_millis;
+use sluice_contract::record::{ResultWrite, unix_millis};
 use sluice_contract::{BatchState, Keys};
 use std::time::Duration;
 
@@ -23,13 +27,23 @@ pub struct Stager {
 }
 
 impl Stager {
-    /// Connects to Redis, retrying while it is unreachable.
+    /// Connects to Redis, retrying while it is unreachable for up to a minute.
     pub async fn connect(url: &str, keys: Keys, ttl_seconds: u64) -> Result<Self> {
+        Self::connect_within(url, keys, ttl_seconds, Some(REDIS_BUDGET)).await
+    }
+
+    /// Connects to Redis, retrying for up to `budget` (`None`: until it answers).
+    pub async fn connect_within(
+        url: &str,
+        keys: Keys,
+        ttl_seconds: u64,
+        budget: Option<Duration>,
+    ) -> Result<Self> {
         let client = redis::Client::open(url).map_err(Error::redis("parsing REDIS_URL"))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)));
-        let con = with_backoff("connecting to redis", Some(REDIS_BUDGET), || {
+        let con = with_backoff("connecting to redis", budget, || {
             let (client, config) = (client.clone(), config.clone());
             async move {
                 ConnectionManager::new_with_config(client, config)
@@ -50,12 +64,13 @@ impl Stager {
         &self.keys
     }
 
-    /// A clone of the connection, for one-off commands.
-    pub fn connection(&self) -> ConnectionManager {
-        self.con.clone()
+    /// The result expiry, for the records a step writes.
+    pub fn ttl_seconds(&self) -> u64 {
+        self.ttl_seconds
     }
 
-    /// Stores a batch's frames and state atomically.
+    /// Stores a batch's frames and state atomically, as `staged` with no owner: whichever
+    /// dispatcher reconciles it first launches it (tests and tools stage this way).
     pub async fn stage(&self, batch_id: &str, job: &str, frames: &[Vec<u8>]) -> Result<()> {
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -65,6 +80,7 @@ impl Stager {
                 self.keys.batch(batch_id),
                 &[
                     ("state", BatchState::Staged.as_str().to_owned()),
+                    ("gen", "1".to_owned()),
                     ("size", frames.len().to_string()),
                     ("job", job.to_owned()),
                     ("created_at", unix_millis().to_string()),
@@ -85,6 +101,7 @@ impl Stager {
             .del(self.keys.batch_messages(batch_id))
             .del(self.keys.batch(batch_id))
             .srem(self.keys.open_batches(), batch_id)
+            .srem(self.keys.running_batches(), batch_id)
             .hincr(
                 self.keys.stats(),
                 "received",
@@ -93,92 +110,6 @@ impl Stager {
             .hincr(self.keys.stats(), "batches", -1)
             .ignore();
         self.exec("discarding a batch", &pipe).await
-    }
-
-    /// Records a batch's new state.
-    pub async fn set_state(&self, batch_id: &str, state: BatchState) -> Result<()> {
-        let mut pipe = redis::pipe();
-        pipe.hset(self.keys.batch(batch_id), "state", state.as_str())
-            .ignore();
-        self.exec("recording batch state", &pipe).await
-    }
-
-    /// Records a finished batch: its final state and reason, out of the open set, its staged
-    /// messages freed, its state hash expiring with the results.
-    pub async fn close(
-        &self,
-        batch_id: &str,
-        state: BatchState,
-        reason: Option<&str>,
-    ) -> Result<()> {
-        let batch = self.keys.batch(batch_id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(
-                &batch,
-                &[
-                    ("state", state.as_str().to_owned()),
-                    ("finished_at", unix_millis().to_string()),
-                ],
-            )
-            .srem(self.keys.open_batches(), batch_id)
-            .del(self.keys.batch_messages(batch_id))
-            .del(self.keys.batch_working(batch_id));
-        if let Some(reason) = reason {
-            pipe.hset(&batch, "reason", reason);
-        }
-        if self.ttl_seconds > 0 {
-            pipe.expire(&batch, i64::try_from(self.ttl_seconds).unwrap_or(i64::MAX));
-        }
-        self.exec("closing a batch", pipe.ignore()).await
-    }
-
-    /// Replaces a failed batch by new batches in one transaction: each is staged (with
-    /// `parent` naming the batch it came from) and the failed batch is closed as `state`
-    /// (`split` to isolate a poison message, `retried` after an outage), so a crash never
-    /// leaves both or neither.
-    pub async fn replace(
-        &self,
-        parent: &str,
-        state: BatchState,
-        reason: &str,
-        children: &[(String, Vec<Vec<u8>>)],
-    ) -> Result<()> {
-        let now = unix_millis().to_string();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (child, frames) in children {
-            pipe.del(self.keys.batch_messages(child))
-                .rpush(self.keys.batch_messages(child), frames)
-                .hset_multiple(
-                    self.keys.batch(child),
-                    &[
-                        ("state", BatchState::Staged.as_str().to_owned()),
-                        ("size", frames.len().to_string()),
-                        ("job", crate::job::job_name(child)),
-                        ("created_at", now.clone()),
-                        ("parent", parent.to_owned()),
-                    ],
-                )
-                .sadd(self.keys.open_batches(), child)
-                .hincr(self.keys.stats(), "batches", 1);
-        }
-        let batch = self.keys.batch(parent);
-        pipe.hset_multiple(
-            &batch,
-            &[
-                ("state", state.as_str()),
-                ("finished_at", now.as_str()),
-                ("reason", reason),
-            ],
-        )
-        .srem(self.keys.open_batches(), parent)
-        .del(self.keys.batch_messages(parent))
-        .del(self.keys.batch_working(parent));
-        if self.ttl_seconds > 0 {
-            pipe.expire(&batch, i64::try_from(self.ttl_seconds).unwrap_or(i64::MAX));
-        }
-        self.exec("splitting a batch", pipe.ignore()).await
     }
 
     /// Records whether runners can do their work, for `dispatcher status`: `None` when they
@@ -210,14 +141,6 @@ impl Stager {
             async move { con.smembers(key).await }
         })
         .await
-    }
-
-    /// A batch's `job` field and state, if it is still known.
-    pub async fn batch_info(&self, batch_id: &str) -> Result<Option<(String, Option<BatchState>)>> {
-        let (job, state): (Option<String>, Option<String>) = self
-            .batch_fields(batch_id, ["job", "state"], "reading a batch")
-            .await?;
-        Ok(job.map(|job| (job, state.as_deref().and_then(BatchState::parse))))
     }
 
     /// A finished batch's size and the runner's processing time (`work_us`), if recorded.
@@ -275,6 +198,152 @@ impl Stager {
         .await
     }
 
+    /// Stages a fresh batch as launched (`running`, owned by `owner`) if fewer than `cap`
+    /// batches are in flight across every dispatcher; [`Applied::Full`] otherwise.
+    pub async fn stage_running(
+        &self,
+        batch_id: &str,
+        frames: &[Vec<u8>],
+        owner: &str,
+        cap: usize,
+    ) -> Result<Applied> {
+        let step = steps::stage_running(&self.keys, batch_id, frames, owner, cap);
+        self.apply(&step, "staging a batch").await
+    }
+
+    /// Applies a step if its batch is still as it was decided from.
+    pub async fn apply(&self, step: &Step, what: &'static str) -> Result<Applied> {
+        let code: i64 = self
+            .retry(what, |mut con| {
+                let invocation = step.invocation();
+                async move { invocation.invoke_async(&mut con).await }
+            })
+            .await?;
+        Ok(applied(code))
+    }
+
+    /// Applies a step that also writes `results`, each once.
+    pub async fn apply_with_results(
+        &self,
+        step: &Step,
+        results: &ResultWrite<'_>,
+        what: &'static str,
+    ) -> Result<Applied> {
+        let code: i64 = self
+            .retry(what, |mut con| {
+                let invocation = step.invocation_with_results(&results.keys, &results.args);
+                async move { invocation.invoke_async(&mut con).await }
+            })
+            .await?;
+        Ok(applied(code))
+    }
+
+    /// What Redis holds of each batch, `None` for a batch whose record is gone.
+    pub async fn views(&self, ids: &[String]) -> Result<Vec<Option<BatchView>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.batch(id)).collect();
+        let hashes: Vec<std::collections::HashMap<String, String>> = self
+            .retry("reading open batches", |mut con| {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.hgetall(key);
+                }
+                async move { pipe.query_async(&mut con).await }
+            })
+            .await?;
+        Ok(ids
+            .iter()
+            .zip(hashes)
+            .map(|(id, fields)| BatchView::from_fields(id, &fields))
+            .collect())
+    }
+
+    /// Ids in the running set (Jobs in flight across every dispatcher).
+    pub async fn running_batches(&self) -> Result<Vec<String>> {
+        let key = self.keys.running_batches();
+        self.retry("listing running batches", move |mut con| {
+            let key = key.clone();
+            async move { con.smembers(key).await }
+        })
+        .await
+    }
+
+    /// Drops ids that are no longer open batches from the open and running sets.
+    pub async fn forget(&self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.srem(self.keys.open_batches(), ids)
+            .ignore()
+            .srem(self.keys.running_batches(), ids)
+            .ignore();
+        self.exec("forgetting closed batches", &pipe).await
+    }
+
+    /// Whether each id already has a result.
+    pub async fn results_exist(&self, ids: &[&str]) -> Result<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.result(id)).collect();
+        self.retry("checking results of a failed batch", |mut con| {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.exists(key);
+            }
+            async move { pipe.query_async(&mut con).await }
+        })
+        .await
+    }
+
+    /// Sets or renews dispatcher `id`'s lease for `ttl`. One attempt: the renewal loop is
+    /// the retry, and a failure is what tells readiness that Redis is gone.
+    pub async fn renew_lease(&self, id: &str, ttl: Duration) -> Result<()> {
+        let key = self.keys.dispatcher_lease(id);
+        let mut con = self.con.clone();
+        let millis = ttl.as_millis().max(1) as u64;
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(unix_millis())
+            .arg("PX")
+            .arg(millis)
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(Error::redis("renewing the dispatcher's lease"))
+    }
+
+    /// Gives up dispatcher `id`'s lease, so that others adopt its batches at once.
+    pub async fn release_lease(&self, id: &str) -> Result<()> {
+        let key = self.keys.dispatcher_lease(id);
+        self.retry("releasing the dispatcher's lease", move |mut con| {
+            let key = key.clone();
+            async move { con.del(key).await }
+        })
+        .await
+    }
+
+    /// Whether each dispatcher's lease is held.
+    pub async fn leases_held(&self, ids: &[&str]) -> Result<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.keys.dispatcher_lease(id))
+            .collect();
+        self.retry("reading dispatcher leases", |mut con| {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.exists(key);
+            }
+            async move { pipe.query_async(&mut con).await }
+        })
+        .await
+    }
+
     async fn exec(&self, what: &'static str, pipe: &redis::Pipeline) -> Result<()> {
         self.retry(what, |mut con| {
             let pipe = pipe.clone();
@@ -284,7 +353,7 @@ impl Stager {
     }
 
     /// Runs a Redis call with the connection manager, retrying transient failures.
-    pub async fn retry<T, Op, Fut>(&self, what: &'static str, mut op: Op) -> Result<T>
+    async fn retry<T, Op, Fut>(&self, what: &'static str, mut op: Op) -> Result<T>
     where
         Op: FnMut(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,

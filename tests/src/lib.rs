@@ -133,6 +133,9 @@ impl TestEnv {
             ("RUST_LOG", "warn"),
             // Suites assert exact batch compositions; the mixed suite opts into adaptive.
             ("BATCH_MODE", "fixed"),
+            // A dispatcher killed by a suite is taken over within seconds, not the default 20.
+            ("LEASE_SECONDS", "3"),
+            ("RECONCILE_SECONDS", "1"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

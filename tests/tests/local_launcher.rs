@@ -4,7 +4,7 @@
 // A test fails by panicking: unwrap is the assertion.
 #![allow(clippy::unwrap_used)]
 
-use sluice_dispatcher::launcher::{self, Cause, Launcher, Outcome};
+use sluice_dispatcher::launcher::{self, Cause, FailureKind, Launcher, Outcome};
 use sluice_dispatcher::{Config, job};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -151,7 +151,10 @@ async fn a_failing_run_is_retried_up_to_the_backoff_limit() {
         .await;
     assert_eq!(
         outcome,
-        Outcome::failed(Cause::Crash, "BackoffLimitExceeded: exit code 7")
+        Outcome::failed(
+            FailureKind::BackoffLimitExceeded,
+            "BackoffLimitExceeded: exit code 7"
+        )
     );
     assert_eq!(
         fx.read("attempts").lines().count(),
@@ -175,7 +178,7 @@ async fn a_runner_that_cannot_do_its_work_fails_the_job_at_once_as_an_outage() {
     assert_eq!(
         outcome,
         Outcome::failed(
-            Cause::Outage,
+            FailureKind::OutageExit,
             "PodFailurePolicy: the runner could not do its work: exit code 69; \
              last output: line one | redis: connection refused"
         )
@@ -198,7 +201,7 @@ async fn a_run_past_the_deadline_is_killed() {
         .unwrap()
         .await;
     assert!(
-        matches!(&outcome, Outcome::Failed { reason, cause: Cause::Crash } if reason.starts_with("DeadlineExceeded")),
+        matches!(&outcome, Outcome::Failed(f) if f.kind == FailureKind::DeadlineExceeded && f.cause() == Cause::Crash),
         "{outcome:?}"
     );
     let pid = fx.read("pid").trim().to_owned();

@@ -10,6 +10,7 @@
 //! - [`local`]: the local launcher;
 //! - [`outages`]: retrying Jobs that could not do their work, and the circuit breaker;
 //! - [`runner`]: settings only runners read, handed to every runner;
+//! - [`replicas`]: several dispatchers: leases, batch ownership, the reconcile interval;
 //! - [`validate`]: the start-up checks, one clear line per refused value;
 //!
 //! and, here, what the service itself needs: which launcher, the metrics address, the shutdown
@@ -22,6 +23,7 @@ pub mod job_template;
 pub mod local;
 pub mod outages;
 pub mod redis;
+pub mod replicas;
 pub mod runner;
 pub mod validate;
 
@@ -37,6 +39,7 @@ pub use job::JobSettings;
 pub use local::LocalSettings;
 pub use outages::Outages;
 pub use redis::Redis;
+pub use replicas::Replicas;
 pub use runner::RunnerSettings;
 
 /// Which launcher turns a batch's Job into running work.
@@ -66,6 +69,8 @@ pub struct Config {
     pub outages: Outages,
     /// What runners read.
     pub runner: RunnerSettings,
+    /// Several dispatchers.
+    pub replicas: Replicas,
     /// The service itself.
     pub service: Service,
 }
@@ -127,6 +132,7 @@ impl Config {
             local: envy::from_iter(read()).map_err(Error::Config)?,
             outages: envy::from_iter(read()).map_err(Error::Config)?,
             runner: envy::from_iter(read()).map_err(Error::Config)?,
+            replicas: envy::from_iter(read()).map_err(Error::Config)?,
             service: envy::from_iter(read()).map_err(Error::Config)?,
         };
         if let Some(path) = &config.job.job_template_path {

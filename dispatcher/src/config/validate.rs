@@ -31,6 +31,19 @@ fn limits(config: &Config) -> Result<(), String> {
         "OUTAGE_RETRY_SECONDS and OUTAGE_RETRY_MAX_SECONDS must be numbers of seconds"
     } else if batching.max_jobs_in_flight == 0 {
         "MAX_JOBS_IN_FLIGHT must be at least 1"
+    } else if !(config.replicas.lease_seconds.is_finite()
+        && config.replicas.reconcile_seconds.is_finite()
+        && config.replicas.lease_seconds > 0.0
+        && config.replicas.reconcile_seconds > 0.0)
+    {
+        "LEASE_SECONDS and RECONCILE_SECONDS must be positive numbers of seconds"
+    } else if config
+        .replicas
+        .dispatcher_id
+        .as_deref()
+        .is_some_and(|id| id.is_empty() || id.contains(char::is_whitespace))
+    {
+        "DISPATCHER_ID must not be empty or contain spaces"
     } else if config.broker.queue.is_empty() || config.redis.key_prefix.is_empty() {
         "QUEUE and KEY_PREFIX must not be empty"
     } else {

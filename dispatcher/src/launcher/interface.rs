@@ -7,44 +7,25 @@ use crate::error::Result;
 use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
 
+pub use crate::reason::{Cause, Failure, FailureKind};
+
 /// How a Job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The runner exited 0: every message has a result.
     Succeeded,
-    /// Every attempt failed, the deadline passed, or the Job could not run at all; the
-    /// reason is recorded on the batch.
-    Failed {
-        /// Why, as Kubernetes would say it (`BackoffLimitExceeded: …`, `ErrImagePull: …`).
-        reason: String,
-        /// What the launcher could tell of the cause.
-        cause: Cause,
-    },
-    /// The dispatcher stopped before the Job ended; the batch stays open and is relaunched on
-    /// the next start.
+    /// Every attempt failed, the deadline passed, or the Job could not run at all; the kind
+    /// and reason are recorded on the batch.
+    Failed(Failure),
+    /// The dispatcher stopped before the Job ended; the batch stays open for another
+    /// dispatcher, or the next start, to adopt.
     Abandoned,
-}
-
-/// What a launcher can tell of why a Job failed. [`crate::settle`] decides with what the runner
-/// recorded in Redis too: a runner that never reached its batch is an outage whatever this says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// The Job could not do its work, whatever its messages: the runner exited with an outage
-    /// code ([`sluice_contract::exit`]), could not be started, its image could not be pulled,
-    /// its pod was refused, evicted or never scheduled, or the Job vanished. Retried whole.
-    Outage,
-    /// The runner failed or hung while it may have been working: a signal, an OOM kill, a
-    /// crash exit code, the deadline. The messages it was working on are suspects.
-    Crash,
 }
 
 impl Outcome {
     /// A failed outcome.
-    pub fn failed(cause: Cause, reason: impl Into<String>) -> Self {
-        Self::Failed {
-            reason: reason.into(),
-            cause,
-        }
+    pub fn failed(kind: FailureKind, reason: impl Into<String>) -> Self {
+        Self::Failed(Failure::new(kind, reason))
     }
 }
 
@@ -62,6 +43,17 @@ pub trait Launcher: Send + Sync {
     /// Starts `job`; a Job that already exists (a restarted dispatcher relaunching its open
     /// batches) is adopted, not duplicated.
     fn launch<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<Running>>;
+
+    /// Follows a Job this dispatcher did not launch (its dispatcher was lost, or it stopped):
+    /// the same Job, never a second one. The default launches it, which adopts an existing
+    /// Job by name.
+    fn adopt<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<Running>> {
+        self.launch(job)
+    }
+
+    /// Whether a Job keeps running when its dispatcher stops following it (a cluster's Job
+    /// does; a local child process is killed with the dispatcher's shutdown).
+    fn outlives_dispatcher(&self) -> bool;
 
     /// Releases what a finished Job holds, once its outcome is recorded.
     fn finished<'a>(&'a self, job_name: &'a str) -> BoxFuture<'a, Result<()>>;

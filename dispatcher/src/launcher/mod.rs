@@ -9,7 +9,7 @@ pub mod interface;
 pub mod kube;
 pub mod local;
 
-pub use interface::{Cause, Launcher, Outcome, Running};
+pub use interface::{Cause, Failure, FailureKind, Launcher, Outcome, Running};
 
 use crate::config::{Config, LauncherKind};
 use crate::error::Result;

@@ -15,7 +15,7 @@
 
 use super::watch::{JobTracker, outcome_of};
 use crate::health::{self, Health};
-use crate::launcher::interface::{Cause, Outcome};
+use crate::launcher::interface::{FailureKind, Outcome};
 use k8s_openapi::api::batch::v1::Job;
 use kube::Api;
 use kube::api::{DeleteParams, PropagationPolicy};
@@ -117,7 +117,7 @@ pub async fn watch_over(
             Ok(None) => {
                 tracing::warn!(job = %name, "the job is gone and no watch event said so");
                 return Outcome::failed(
-                    Cause::Outage,
+                    FailureKind::JobLost,
                     "JobLost: the Job was deleted before it finished, unseen by the watch",
                 );
             }
@@ -126,7 +126,7 @@ pub async fn watch_over(
                     "JobUnknown: no outcome after {}s and the API server does not answer ({e})",
                     waited.as_secs()
                 );
-                return give_up(&api, tracker, &name, reason).await;
+                return give_up(&api, tracker, &name, FailureKind::JobUnknown, reason).await;
             }
             Err(e) => {
                 tracing::warn!(job = %name, error = %e, "could not check on the job");
@@ -139,18 +139,24 @@ pub async fn watch_over(
         let suspended = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
         admission.update(&name, suspended, waited);
         if at_limit {
-            let reason = if suspended {
-                format!(
-                    "NotAdmitted: the Job stayed suspended for {}s; nothing (Kueue) admitted it",
-                    waited.as_secs()
+            let (kind, reason) = if suspended {
+                (
+                    FailureKind::NotAdmitted,
+                    format!(
+                        "NotAdmitted: the Job stayed suspended for {}s; nothing (Kueue) admitted it",
+                        waited.as_secs()
+                    ),
                 )
             } else {
-                format!(
-                    "JobHung: no outcome {}s after creation, past its deadline (a pod stuck terminating, or no Job controller)",
-                    waited.as_secs()
+                (
+                    FailureKind::JobHung,
+                    format!(
+                        "JobHung: no outcome {}s after creation, past its deadline (a pod stuck terminating, or no Job controller)",
+                        waited.as_secs()
+                    ),
                 )
             };
-            return give_up(&api, tracker, &name, reason).await;
+            return give_up(&api, tracker, &name, kind, reason).await;
         }
         if !suspended && waited >= bounds.overdue && !overdue_logged {
             overdue_logged = true;
@@ -161,7 +167,13 @@ pub async fn watch_over(
 
 /// Deletes the Job (its pods with it) so it cannot run later, and fails it as an outage. The
 /// watch's wait is dropped first: the delete's own event must not answer for this reason.
-async fn give_up(api: &Api<Job>, tracker: &JobTracker, name: &str, reason: String) -> Outcome {
+async fn give_up(
+    api: &Api<Job>,
+    tracker: &JobTracker,
+    name: &str,
+    kind: FailureKind,
+    reason: String,
+) -> Outcome {
     tracing::warn!(job = %name, %reason, "giving up on the job");
     tracker.forget(name);
     let params = DeleteParams {
@@ -172,5 +184,5 @@ async fn give_up(api: &Api<Job>, tracker: &JobTracker, name: &str, reason: Strin
         // The batch is retried as a new Job either way; this one may linger until its TTL.
         tracing::warn!(job = %name, error = %e, "could not delete the job given up on");
     }
-    Outcome::failed(Cause::Outage, reason)
+    Outcome::failed(kind, reason)
 }

@@ -12,7 +12,7 @@ pub mod bound;
 pub mod pods;
 pub mod watch;
 
-use super::interface::{Launcher, Outcome, Running};
+use super::interface::{Failure, Launcher, Outcome, Running};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::health::Health;
@@ -159,10 +159,10 @@ impl KubeLauncher {
                 }
             };
             match outcome {
-                Outcome::Failed { reason, cause } => Outcome::Failed {
+                Outcome::Failed(Failure { kind, reason }) => Outcome::Failed(Failure {
                     reason: pods::with_last_exit(&pods, &name, reason),
-                    cause,
-                },
+                    kind,
+                }),
                 other => other,
             }
         }))
@@ -247,6 +247,10 @@ impl Launcher for KubeLauncher {
 
     fn finished<'a>(&'a self, job_name: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.remove(job_name))
+    }
+
+    fn outlives_dispatcher(&self) -> bool {
+        true
     }
 }
 

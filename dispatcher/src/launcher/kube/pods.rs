@@ -21,7 +21,7 @@
 
 use super::watch::JobTracker;
 use crate::health::{self, Health};
-use crate::launcher::interface::{Cause, Outcome};
+use crate::launcher::interface::{FailureKind, Outcome};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, Store};
@@ -240,7 +240,7 @@ impl Judge {
                 tracing::warn!(%job, %reason, "the job cannot run; giving up on it");
                 self.stuck_since.remove(&job);
                 self.tracker
-                    .give_up(&job, Outcome::failed(Cause::Outage, reason));
+                    .give_up(&job, Outcome::failed(FailureKind::PodStuck, reason));
             }
         }
     }

@@ -16,7 +16,7 @@
 //! the dispatcher's readiness while the watch fails.
 
 use crate::health::{self, Health};
-use crate::launcher::interface::{Cause, Outcome};
+use crate::launcher::interface::{FailureKind, Outcome};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::batch::v1::Job;
@@ -221,7 +221,7 @@ impl JobTracker {
 
 /// A Job that vanished before it finished never had its chance: an outage, retried whole.
 fn failed(reason: &str) -> Outcome {
-    Outcome::failed(Cause::Outage, reason)
+    Outcome::failed(FailureKind::JobDeleted, reason)
 }
 
 /// The outcome a Job's conditions say, if it has finished.
@@ -244,7 +244,7 @@ pub fn outcome_of(job: &Job) -> Option<Outcome> {
     done("Failed").or_else(|| done("FailureTarget")).map(|c| {
         let message = c.message.as_deref().unwrap_or("the Job failed");
         let reason = c.reason.as_deref().unwrap_or("Failed");
-        Outcome::failed(cause_of(reason, message), format!("{reason}: {message}"))
+        Outcome::failed(kind_of(reason, message), format!("{reason}: {message}"))
     })
 }
 
@@ -252,17 +252,13 @@ pub fn outcome_of(job: &Job) -> Option<Outcome> {
 /// with an outage code, saying so in the condition: `PodFailurePolicy: Container runner for
 /// pod ns/name failed with exit code 69 matching FailJob rule at index 1`. Everything else
 /// (`BackoffLimitExceeded`, `DeadlineExceeded`) may be the work's fault.
-fn cause_of(reason: &str, message: &str) -> Cause {
+fn kind_of(reason: &str, message: &str) -> FailureKind {
     let code = message
         .split_once("exit code ")
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .and_then(|code| code.parse::<i32>().ok());
-    match code {
-        Some(code) if reason == "PodFailurePolicy" && sluice_contract::exit::is_outage(code) => {
-            Cause::Outage
-        }
-        _ => Cause::Crash,
-    }
+    let outage_exit = code.is_some_and(sluice_contract::exit::is_outage);
+    FailureKind::of_condition(reason, outage_exit)
 }
 
 /// Whether the Job has its `Failed` condition: the cluster then deletes it after its TTL.

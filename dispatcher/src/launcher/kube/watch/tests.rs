@@ -1,5 +1,6 @@
 //! The Job watch's tracking, fed event by event, and its supervisor.
 use super::*;
+use crate::reason::Cause;
 use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use watcher::Event;
@@ -54,7 +55,7 @@ impl Fed {
 }
 
 fn deleted(outcome: Result<Outcome, oneshot::error::TryRecvError>) -> bool {
-    matches!(outcome, Ok(Outcome::Failed { reason, cause: Cause::Outage }) if reason.starts_with("JobDeleted"))
+    matches!(outcome, Ok(Outcome::Failed(f)) if f.kind == FailureKind::JobDeleted)
 }
 
 #[test]
@@ -66,7 +67,10 @@ fn conditions_map_to_outcomes() {
     );
     assert_eq!(
         outcome_of(&job("a", Some(("Failed", "DeadlineExceeded")))),
-        Some(Outcome::failed(Cause::Crash, "DeadlineExceeded: details"))
+        Some(Outcome::failed(
+            FailureKind::DeadlineExceeded,
+            "DeadlineExceeded: details"
+        ))
     );
 }
 
@@ -82,25 +86,19 @@ fn the_fail_job_rule_on_an_outage_code_is_an_outage_and_other_failures_are_crash
     assert_eq!(
         outcome_of(&failed),
         Some(Outcome::failed(
-            Cause::Outage,
+            FailureKind::OutageExit,
             format!("PodFailurePolicy: {}", message(69))
         ))
     );
     failed.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].message = Some(message(139));
     assert!(matches!(
         outcome_of(&failed),
-        Some(Outcome::Failed {
-            cause: Cause::Crash,
-            ..
-        })
+        Some(Outcome::Failed(f)) if f.cause() == Cause::Crash
     ));
     let backoff = job("a", Some(("Failed", "BackoffLimitExceeded")));
     assert!(matches!(
         outcome_of(&backoff),
-        Some(Outcome::Failed {
-            cause: Cause::Crash,
-            ..
-        })
+        Some(Outcome::Failed(f)) if f.kind == FailureKind::BackoffLimitExceeded
     ));
 }
 
@@ -122,7 +120,7 @@ fn waiters_hear_of_finished_jobs_whenever_they_register() {
         Some(("Failed", "BackoffLimitExceeded")),
     )));
     let mut adopted = fed.tracker.register("b");
-    assert!(matches!(adopted.try_recv(), Ok(Outcome::Failed { .. })));
+    assert!(matches!(adopted.try_recv(), Ok(Outcome::Failed(_))));
 }
 
 #[test]

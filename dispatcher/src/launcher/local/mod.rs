@@ -6,7 +6,7 @@
 //! a runner that exits with an outage code fails the Job at once (the Job's `FailJob` rule),
 //! and the whole Job is killed once `activeDeadlineSeconds` have passed.
 
-use super::interface::{Cause, Launcher, Outcome, Running};
+use super::interface::{Cause, FailureKind, Launcher, Outcome, Running};
 use crate::error::{Error, Result};
 use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
@@ -19,6 +19,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
+
+mod orphan;
 
 /// What the local launcher needs besides the Job.
 pub struct LocalLauncher {
@@ -35,6 +37,8 @@ pub struct LocalLauncher {
 /// A Job reduced to what a local run needs.
 struct RunSpec {
     name: String,
+    /// The batch, as the runner's `BATCH_ID` says it.
+    batch_id: String,
     env: Vec<(String, String)>,
     attempts: u32,
     deadline: Duration,
@@ -47,6 +51,22 @@ impl Launcher for LocalLauncher {
 
     fn launch<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<Running>> {
         Box::pin(async move { self.start(job) })
+    }
+
+    /// A runner that a lost dispatcher started on this machine is followed until it exits;
+    /// with none, the batch is run again (the runner skips messages that have results).
+    fn adopt<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<Running>> {
+        Box::pin(async move {
+            let spec = self.run_spec(job)?;
+            match orphan::find(&spec.batch_id) {
+                Some(pid) => Ok(orphan::follow(pid, spec.deadline, self.abandon.clone())),
+                None => self.start(job),
+            }
+        })
+    }
+
+    fn outlives_dispatcher(&self) -> bool {
+        false
     }
 
     /// A child process holds nothing once it has exited.
@@ -91,7 +111,7 @@ impl LocalLauncher {
                 // Cancellation-safe: dropping the attempts kills the child (kill_on_drop).
                 () = abandon.cancelled() => Outcome::Abandoned,
                 outcome = tokio::time::timeout(spec.deadline, attempts) => outcome.unwrap_or_else(|_| {
-                    Outcome::failed(Cause::Crash, format!("DeadlineExceeded: still running after {}s", spec.deadline.as_secs()))
+                    Outcome::failed(FailureKind::DeadlineExceeded, format!("DeadlineExceeded: still running after {}s", spec.deadline.as_secs()))
                 }),
             }
         }))
@@ -148,8 +168,14 @@ impl LocalLauncher {
             spec.active_deadline_seconds
                 .map_or(u64::MAX / 4, |s| s.max(1) as u64),
         );
+        let batch_id = env
+            .iter()
+            .find(|(k, _)| k == "BATCH_ID")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         Ok(RunSpec {
             name,
+            batch_id,
             env,
             attempts,
             deadline,
@@ -206,11 +232,12 @@ async fn run_attempts(command: Command, spec: &RunSpec, startup_delay: Duration)
     let crashed = |f: &RunFailure| f.cause == Cause::Crash;
     match retry_async(policy, run, crashed, |_, _| {}, tokio::time::sleep).await {
         Ok(()) => Outcome::Succeeded,
-        Err(last) if last.cause == Cause::Outage => {
-            Outcome::failed(Cause::Outage, format!("PodFailurePolicy: {}", last.reason))
-        }
+        Err(last) if last.cause == Cause::Outage => Outcome::failed(
+            FailureKind::OutageExit,
+            format!("PodFailurePolicy: {}", last.reason),
+        ),
         Err(last) => Outcome::failed(
-            Cause::Crash,
+            FailureKind::BackoffLimitExceeded,
             format!("BackoffLimitExceeded: {}", last.reason),
         ),
     }

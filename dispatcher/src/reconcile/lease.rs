@@ -1,0 +1,50 @@
+//! This dispatcher's lease: `{prefix}:dispatcher:{id}`, set with an expiry of `LEASE_SECONDS`
+//! and renewed every third of that, the Redis pattern `dispatcher redrive` uses for its lock.
+//!
+//! While the lease is held, the batches this dispatcher owns are left to it; once it expires
+//! (the process was killed by `SIGKILL`, its node lost, or Redis unreachable from it alone for that
+//! long) any other dispatcher adopts them. A dispatcher whose lease lapsed simply sets it
+//! again: the batches taken over meanwhile have moved to a newer generation, so its own
+//! follow-ups of them no longer apply. Renewal is also the Redis health probe: while it fails,
+//! `/readyz` is blocked under `redis` and `sluice_redis_up` is 0.
+
+use crate::health;
+use crate::metrics::Metrics;
+use crate::stage::Stager;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Holds the lease of dispatcher `id` until `stop` is cancelled, then releases it so that
+/// other dispatchers adopt what it leaves at once.
+pub async fn hold(
+    stager: Stager,
+    id: String,
+    ttl: Duration,
+    metrics: std::sync::Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let every = ttl / 3;
+    loop {
+        match stager.renew_lease(&id, ttl).await {
+            Ok(()) => {
+                metrics.redis_up.set(1);
+                metrics.health().clear(health::REDIS);
+            }
+            Err(e) => {
+                metrics.redis_up.set(0);
+                metrics.error(e.metric_label());
+                metrics
+                    .health()
+                    .block(health::REDIS, format!("redis does not answer: {e}"));
+            }
+        }
+        tokio::select! {
+            // A timer holds nothing: dropping it is safe.
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+    if let Err(e) = stager.release_lease(&id).await {
+        tracing::warn!(error = %e, "could not release the lease; it expires by itself");
+    }
+}
