@@ -39,7 +39,8 @@ enum Command {
         #[arg(short, long)]
         file: Option<PathBuf>,
     },
-    /// Show queue depth, batches by state, Jobs in flight and result counts.
+    /// Show queue depth, Redis reachability, batches by state and owner, Jobs in flight and
+    /// result counts; exits 1 when Redis is unreachable.
     Status,
     /// Put dead letters back on the queue, each once: --all, or those of --id or --batch.
     #[command(group(ArgGroup::new("which").required(true).args(["all", "id", "batch"])))]
@@ -129,7 +130,12 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status => {
-            print!("{}", status::report(&config).await?);
+            let report = status::report(&config).await?;
+            print!("{report}");
+            // Scripts and probes see an unreachable Redis in the exit code too.
+            if report.redis.is_err() {
+                anyhow::bail!("Redis is unreachable");
+            }
             Ok(())
         }
         Command::Redrive {

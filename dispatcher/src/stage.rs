@@ -16,7 +16,7 @@ use sluice_contract::{BatchState, Keys};
 use std::time::Duration;
 
 /// How long a Redis operation is retried before the caller sees the error.
-const REDIS_BUDGET: Duration = Duration::from_secs(60);
+pub const REDIS_BUDGET: Duration = Duration::from_secs(60);
 
 /// Stages batches and records their lifecycle.
 #[derive(Clone)]

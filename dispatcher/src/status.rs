@@ -10,14 +10,26 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// A snapshot of the system.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Report {
     /// The queue's name.
     pub queue: String,
     /// Messages ready in the queue, and consumers on it; `None` if it does not exist.
     pub queue_depth: Option<(u32, u32)>,
+    /// What Redis holds, or why it could not be read (Redis unreachable: nothing is staged,
+    /// launched or settled until it answers again).
+    pub redis: std::result::Result<Stored, String>,
+}
+
+/// What `dispatcher status` reads from Redis.
+#[derive(Debug, Default)]
+pub struct Stored {
     /// Open batches by state.
     pub open_batches: BTreeMap<&'static str, usize>,
+    /// Owners of open batches (the dispatcher that launched or adopted each), with how many
+    /// batches each owns and whether its lease is held (a lost dispatcher's is not: its
+    /// batches are adopted within `LEASE_SECONDS` plus `RECONCILE_SECONDS`).
+    pub owners: BTreeMap<String, (usize, bool)>,
     /// The `{prefix}:stats` counters.
     pub stats: BTreeMap<String, u64>,
     /// Entries in `{prefix}:dead`: messages dead now.
@@ -28,17 +40,8 @@ pub struct Report {
     pub runner: BTreeMap<String, String>,
 }
 
-impl Report {
-    /// Jobs running now (open batches whose Job was launched).
-    pub fn in_flight(&self) -> usize {
-        self.open_batches
-            .get(BatchState::Running.as_str())
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
-/// Reads the report from RabbitMQ and Redis.
+/// Reads the report from RabbitMQ and Redis. An unreachable Redis is part of the
+/// report, not an error (that is when an operator runs this); an unreachable broker is one.
 pub async fn report(config: &Config) -> Result<Report> {
     let connection = connect(&config.broker.amqp_url, "sluice-status").await?;
     let channel = connection
@@ -50,50 +53,71 @@ pub async fn report(config: &Config) -> Result<Report> {
         .ok()
         .map(|q| (q.message_count(), q.consumer_count()));
     let _ = connection.close(200, "status read".into()).await;
+    let redis = read_redis(config).await;
+    Ok(Report {
+        queue: config.broker.queue.clone(),
+        queue_depth,
+        redis,
+    })
+}
 
-    let keys = Keys::new(&config.redis.key_prefix);
-    let client = redis::Client::open(config.redis.redis_url.as_str())
-        .map_err(Error::redis("parsing REDIS_URL"))?;
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(Error::redis("connecting"))?;
+/// How long `dispatcher status` waits for Redis before calling it unreachable.
+const REDIS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn read_redis(config: &Config) -> std::result::Result<Stored, String> {
+    let read = async {
+        let client = redis::Client::open(config.redis.redis_url.as_str())
+            .map_err(Error::redis("parsing REDIS_URL"))?;
+        let mut con = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(Error::redis("connecting"))?;
+        stored(&mut con, &Keys::new(&config.redis.key_prefix)).await
+    };
+    match tokio::time::timeout(REDIS_WAIT, read).await {
+        Ok(read) => read.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", REDIS_WAIT.as_secs())),
+    }
+}
+
+async fn stored(con: &mut redis::aio::MultiplexedConnection, keys: &Keys) -> Result<Stored> {
     let open: Vec<String> = con
         .smembers(keys.open_batches())
         .await
         .map_err(Error::redis("listing batches"))?;
-    let mut open_batches = BTreeMap::new();
+    let mut out = Stored::default();
     for batch in open {
-        let state: Option<String> = con
-            .hget(keys.batch(&batch), "state")
+        let (state, owner): (Option<String>, Option<String>) = con
+            .hmget(keys.batch(&batch), &["state", "owner"])
             .await
             .map_err(Error::redis("reading a batch"))?;
         let state = state
             .as_deref()
             .and_then(BatchState::parse)
             .map_or("unknown", BatchState::as_str);
-        *open_batches.entry(state).or_insert(0) += 1;
+        *out.open_batches.entry(state).or_insert(0) += 1;
+        if let Some(owner) = owner.filter(|o| !o.is_empty()) {
+            out.owners.entry(owner).or_insert((0, false)).0 += 1;
+        }
     }
-    let stats: BTreeMap<String, u64> = con
+    for (owner, (_, held)) in &mut out.owners {
+        *held = con
+            .exists(keys.dispatcher_lease(owner))
+            .await
+            .map_err(Error::redis("reading a lease"))?;
+    }
+    out.stats = con
         .hgetall(keys.stats())
         .await
         .map_err(Error::redis("reading stats"))?;
-    let (dead_letters, redriving, runner): (u64, u64, BTreeMap<String, String>) = redis::pipe()
+    (out.dead_letters, out.redriving, out.runner) = redis::pipe()
         .llen(keys.dead())
         .llen(keys.redrive())
         .hgetall(keys.runner_health())
-        .query_async(&mut con)
+        .query_async(con)
         .await
         .map_err(Error::redis("counting dead letters"))?;
-    Ok(Report {
-        queue: config.broker.queue.clone(),
-        queue_depth,
-        open_batches,
-        stats,
-        dead_letters,
-        redriving,
-        runner,
-    })
+    Ok(out)
 }
 
 impl fmt::Display for Report {
@@ -106,13 +130,35 @@ impl fmt::Display for Report {
             )?,
             None => writeln!(f, "queue {}: does not exist yet", self.queue)?,
         }
+        match &self.redis {
+            Ok(stored) => stored.fmt(f),
+            Err(e) => writeln!(
+                f,
+                "redis: UNREACHABLE, nothing is staged, launched or settled until it answers: {e}"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "redis: reachable")?;
         let total: usize = self.open_batches.values().sum();
         write!(f, "open batches: {total}")?;
         for (state, n) in &self.open_batches {
             write!(f, ", {state} {n}")?;
         }
         writeln!(f)?;
-        writeln!(f, "jobs in flight: {}", self.in_flight())?;
+        let running = self.open_batches.get(BatchState::Running.as_str());
+        writeln!(f, "jobs in flight: {}", running.copied().unwrap_or(0))?;
+        for (owner, (batches, held)) in &self.owners {
+            let lease = if *held {
+                "lease held"
+            } else {
+                "lease expired: adopted by another dispatcher shortly"
+            };
+            writeln!(f, "dispatcher {owner}: {batches} open batch(es), {lease}")?;
+        }
         match self.runner.get("state").map(String::as_str) {
             Some("unhealthy") => writeln!(
                 f,

@@ -209,6 +209,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// The dispatcher's pods (`pod/<name>`), as the Deployment's replicas run them now.
+    pub async fn dispatcher_pods(&self) -> Result<Vec<String>> {
+        self.names("pods", DISPATCHER).await
+    }
+
+    /// Deletes one pod (`pod/<name>`), as a node drain does, without waiting for it to end.
+    pub async fn delete_pod(&self, pod: &str) -> Result<()> {
+        self.kubectl(&["-n", NAMESPACE, "delete", pod, "--wait=false"])
+            .await?;
+        Ok(())
+    }
+
     /// Everything the dispatcher's pods wrote, oldest pod first (the node agent keeps each
     /// container's output under target/cluster/node/pods).
     pub fn dispatcher_logs(&self) -> String {

@@ -147,11 +147,12 @@ pub async fn wait_until_held_back(
     loop {
         let all = batches(env).await;
         let report = status::report(config).await.unwrap();
-        let open = report.runner.get("state").map(String::as_str) == Some("unhealthy");
+        let runner = &report.redis.as_ref().unwrap().runner;
+        let open = runner.get("state").map(String::as_str) == Some("unhealthy");
         if open && count(&all, "retried") >= 3 && env.queue_depth().await.unwrap() > 0 {
             assert_eq!(count(&all, "split"), 0, "{name}: an outage split a batch");
             assert_eq!(count(&all, "failed"), 0, "{name}: an outage failed a batch");
-            assert!(report.runner["reason"].contains(expected), "{report:?}");
+            assert!(runner["reason"].contains(expected), "{report:?}");
             assert!(
                 report.to_string().contains("runners: UNHEALTHY"),
                 "{report}"
@@ -186,7 +187,8 @@ pub async fn fix_and_check(
     let recovery = fixed.elapsed();
     let report = status::report(config).await.unwrap();
     assert_eq!(
-        report.runner["state"], "healthy",
+        report.redis.as_ref().unwrap().runner["state"],
+        "healthy",
         "recovered by itself: {report:?}"
     );
     let all = batches(env).await;

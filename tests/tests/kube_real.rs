@@ -129,6 +129,37 @@ async fn a_dispatcher_pod_deleted_mid_run_is_replaced_and_nothing_is_lost() {
     env.cleanup().await.unwrap();
 }
 
+/// The manifests' two replicas: one pod deleted mid-run (a node drain) and not waited for; the
+/// other replica goes on consuming and adopts what the deleted one leaves unsettled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatcher_replicas_one_deleted_mid_run_the_other_finishes_and_nothing_is_lost() {
+    let (cluster, _serial) = Cluster::get().await.unwrap();
+    let env = TestEnv::new("real-replicas").await.unwrap();
+    cluster.teardown().await.unwrap();
+    cluster
+        .deploy(
+            &env,
+            &[("BATCH_MAX_MESSAGES", "20"), ("BATCH_MODE", "fixed")],
+        )
+        .await
+        .unwrap();
+    let pods = cluster.dispatcher_pods().await.unwrap();
+    assert_eq!(pods.len(), 2, "the manifests run two replicas: {pods:?}");
+    let (ids, messages) = sleepers("r", 300, 100);
+    env.publish(&messages).await.unwrap();
+    wait_for_jobs(&cluster, 3).await;
+    cluster.delete_pod(&pods[0]).await.unwrap();
+    assert_each_ok_once(&env, &ids).await;
+    let logs = cluster.dispatcher_logs();
+    assert!(
+        !logs.contains("two dispatchers share an id"),
+        "each replica has its own id"
+    );
+    cluster.wait_until_clean(CLEAN).await.unwrap();
+    cluster.teardown().await.unwrap();
+    env.cleanup().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_server_restarted_mid_run_costs_time_and_nothing_else() {
     let (cluster, _serial) = Cluster::get().await.unwrap();

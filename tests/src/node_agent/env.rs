@@ -22,7 +22,7 @@ pub type Refs = HashMap<(Kind, String), Option<BTreeMap<String, Vec<u8>>>>;
 pub struct PodCtx<'a> {
     /// The pod.
     pub pod: &'a Pod,
-    /// The node's address (status.hostIP and status.podIP).
+    /// The node's address (status.hostIP).
     pub host_ip: &'a str,
     /// Node allocatable cpu (cores) and memory (bytes): the default limits.
     pub node: (u32, u64),
@@ -242,6 +242,23 @@ pub fn resolve(p: &PodCtx, c: &Container) -> Result<Vec<(String, String)>, Strin
     Ok(out)
 }
 
+/// The pod's own address: pods share the host's network namespace here, so each gets its own
+/// loopback address (all of 127/8 reaches `lo`), derived from its uid, as its `podIP`. A
+/// container that listens binds to it (`$(POD_IP)`) so that two replicas' ports do not
+/// collide; probes connect to it, as the kubelet's do to the pod's IP.
+pub fn pod_ip(uid: &str) -> String {
+    // FNV-1a: stable across runs and platforms, unlike the std hasher.
+    let h = uid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!(
+        "127.{}.{}.{}",
+        1 + h % 254,
+        (h >> 8) % 256,
+        1 + (h >> 16) % 254
+    )
+}
+
 /// A `fieldRef`'s value (the paths the kubelet supports for env and downward API volumes).
 pub fn field(pod: &Pod, path: &str, host_ip: &str) -> Result<String, String> {
     let meta = &pod.metadata;
@@ -277,7 +294,8 @@ pub fn field(pod: &Pod, path: &str, host_ip: &str) -> Result<String, String> {
         "spec.serviceAccountName" => spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
-        "status.hostIP" | "status.hostIPs" | "status.podIP" | "status.podIPs" => host_ip.to_owned(),
+        "status.hostIP" | "status.hostIPs" => host_ip.to_owned(),
+        "status.podIP" | "status.podIPs" => pod_ip(meta.uid.as_deref().unwrap_or_default()),
         _ => match (
             subscript("metadata.labels"),
             subscript("metadata.annotations"),

@@ -25,7 +25,8 @@
 //!   `KUBERNETES_SERVICE_PORT_HTTPS`.
 //!
 //! Not modelled: image contents (only argv\[0\] is mapped to a host file), cgroups and resource
-//! limits, OOM kills, networking (every pod shares the host's loopback address), `NetworkPolicy`,
+//! limits, OOM kills, networking (every pod shares the host's network namespace, with its own
+//! loopback address as its `podIP`: [`env::pod_ip`]), `NetworkPolicy`,
 //! liveness and startup probes, exec/tcp readiness probes, ephemeral containers,
 //! activeDeadlineSeconds, and volume types other than the ones listed in [`volumes`].
 

@@ -26,6 +26,8 @@ pub struct PodRun {
     pub(super) signals: Signals,
     pub(super) key: String,
     pub(super) dir: PathBuf,
+    /// The pod's address ([`super::env::pod_ip`]).
+    pub(super) ip: String,
     pub(super) ctrs: Vec<Run>,
     pub(super) policy: String,
     pub(super) start_time: String,
@@ -82,6 +84,7 @@ impl PodRun {
             signals: Signals { rx, gone, stop },
             key: format!("{ns}/{name}"),
             dir,
+            ip: super::env::pod_ip(uid),
             ctrs,
             policy: spec.restart_policy.unwrap_or_else(|| "Always".into()),
             start_time: start_time

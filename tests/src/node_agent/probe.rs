@@ -1,4 +1,4 @@
-//! Readiness probes: httpGet (`GET http://127.0.0.1:<port><path>`, 2xx or 3xx) and tcpSocket,
+//! Readiness probes: httpGet (`GET http://<pod ip>:<port><path>`, 2xx or 3xx) and tcpSocket,
 //! named ports resolved from the container's ports; exec and gRPC probes are not modelled
 //! (such a container is ready once it runs).
 
@@ -36,12 +36,14 @@ impl PodRun {
             let timeout = secs(p.timeout_seconds, 1);
             let ok = match (&p.http_get, &p.tcp_socket) {
                 (Some(h), _) => match port(&h.port) {
-                    Some(port) => http_ok(port, h.path.as_deref().unwrap_or("/"), timeout).await,
+                    Some(port) => {
+                        http_ok(&self.ip, port, h.path.as_deref().unwrap_or("/"), timeout).await
+                    }
                     None => false,
                 },
                 (None, Some(t)) => match port(&t.port) {
                     Some(port) => matches!(
-                        tokio::time::timeout(timeout, TcpStream::connect(("127.0.0.1", port)))
+                        tokio::time::timeout(timeout, TcpStream::connect((self.ip.as_str(), port)))
                             .await,
                         Ok(Ok(_))
                     ),
@@ -60,12 +62,12 @@ impl PodRun {
     }
 }
 
-/// `GET http://127.0.0.1:<port><path>` answers 2xx or 3xx within `timeout`.
-async fn http_ok(port: u16, path: &str, timeout: Duration) -> bool {
+/// `GET http://<ip>:<port><path>` answers 2xx or 3xx within `timeout`.
+async fn http_ok(ip: &str, port: u16, path: &str, timeout: Duration) -> bool {
     let get = async {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut s = TcpStream::connect((ip, port)).await?;
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n\r\n"
         );
         s.write_all(request.as_bytes()).await?;
         let (mut head, mut buf) = (Vec::new(), [0u8; 256]);

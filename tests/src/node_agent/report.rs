@@ -47,7 +47,12 @@ impl PodRun {
                 None => prev.push(ours.clone()),
             }
         }
-        let status = status::pod_status(&ctrs, self.final_, self.sandbox, &self.start_time, &prev);
+        let status = status::pod_status(
+            &ctrs,
+            (self.final_, self.sandbox),
+            (&self.ip, &self.start_time),
+            &prev,
+        );
         if status == self.published {
             return;
         }

@@ -150,9 +150,8 @@ pub fn phase(ctrs: &[Ctr], final_: bool) -> &'static str {
 /// kept while a condition's status stays).
 pub fn pod_status(
     ctrs: &[Ctr],
-    final_: bool,
-    sandbox: bool,
-    start_time: &str,
+    (final_, sandbox): (bool, bool),
+    (pod_ip, start_time): (&str, &str),
     prev: &[Value],
 ) -> Value {
     let names = |f: &dyn Fn(&Ctr) -> bool| {
@@ -222,7 +221,7 @@ pub fn pod_status(
     };
     let init = statuses(true);
     json!({"phase": phase(ctrs, final_), "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
-        "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}], "startTime": start_time,
+        "podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "startTime": start_time,
         "conditions": conditions, "containerStatuses": statuses(false),
         "initContainerStatuses": if init.is_empty() { Value::Null } else { Value::from(init) }})
 }
@@ -296,7 +295,7 @@ mod tests {
         ];
         let mut c = [ctr("a", false, State::Running("t2".into()))];
         c[0].id = Some("sluice-agent://9".into());
-        let s = pod_status(&c, false, true, "t0", &prev);
+        let s = pod_status(&c, (false, true), ("127.0.0.2", "t0"), &prev);
         let conds = s["conditions"].as_array().unwrap();
         assert_eq!(conds.len(), 5);
         assert_eq!(conds[0]["type"], "PodScheduled");
@@ -314,7 +313,7 @@ mod tests {
             false,
             State::exited(Some(1), None, Some("t2".into())),
         )];
-        let s = pod_status(&done, true, true, "t0", conds);
+        let s = pod_status(&done, (true, true), ("127.0.0.2", "t0"), conds);
         assert_eq!(s["phase"], "Failed");
         let ready = s["conditions"]
             .as_array()

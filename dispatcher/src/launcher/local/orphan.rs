@@ -86,6 +86,11 @@ mod tests {
             .spawn()
             .expect("sleep runs");
         let pid = child.id().expect("a pid");
+        // Until the child has exec'd, its /proc environ is still this test's: wait for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while find(&batch).is_none() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(find(&batch), Some(pid));
         assert_eq!(find("no-such-batch"), None);
         // Reaped by its parent (this test) as it exits, as an orphan is by init.
