@@ -317,7 +317,7 @@ impl Reconciler {
         self.inner
             .metrics
             .health()
-            .block(health::REDIS, format!("redis: {error}"));
+            .block(health::REDIS, format!("redis does not answer: {error}"));
         tracing::warn!(%error, "could not reconcile open batches; trying again");
     }
 }

@@ -383,9 +383,12 @@ pub(crate) mod tests {
         let env: HashMap<_, _> = resolve(&p, &c).unwrap().into_iter().collect();
         assert_eq!(env["P_K"], "v");
         assert_eq!(env["B"], "a/v/127.0.0.1/$(Z)");
+        // The pod's own loopback address, not the node's.
+        let ip = pod_ip(pod.metadata.uid.as_deref().unwrap_or_default());
+        assert_ne!(ip, "127.0.0.1");
         assert_eq!(
             (env["POD"].as_str(), env["APP"].as_str(), env["IP"].as_str()),
-            ("p", "x", "127.0.0.1")
+            ("p", "x", ip.as_str())
         );
         assert_eq!(env["PW"], "hunter2");
         assert!(!env.contains_key("OPT"));
