@@ -28,6 +28,9 @@ pub struct Worker {
     stdin: Option<ChildStdin>,
     lines: Receiver<std::io::Result<String>>,
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// Disconnects when the stderr thread has read to the end: a reason waits for it, so the
+    /// line a worker wrote just before exiting is in the reason.
+    stderr_done: Option<Receiver<()>>,
     /// Messages answered so far.
     pub answered: u64,
 }
@@ -73,15 +76,22 @@ impl Worker {
             });
         }
         let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let mut stderr_done = None;
         if let Some(stderr) = child.stderr.take() {
             let (tail, kernel, pid) = (Arc::clone(&tail), kernel.to_owned(), child.id());
-            std::thread::spawn(move || forward_stderr(stderr, &kernel, pid, &tail));
+            let (done, waiter) = mpsc::channel::<()>();
+            stderr_done = Some(waiter);
+            std::thread::spawn(move || {
+                forward_stderr(stderr, &kernel, pid, &tail);
+                drop(done);
+            });
         }
         Ok(Self {
             stdin: child.stdin.take(),
             child,
             lines,
             tail,
+            stderr_done,
             answered: 0,
         })
     }
@@ -156,7 +166,13 @@ impl Worker {
         }
     }
 
-    fn tail_text(&self) -> String {
+    /// The last stderr lines of a worker that has exited or been killed. Its stderr reaches
+    /// its end once the process is gone; a grandchild still holding the pipe open only costs
+    /// the bound.
+    fn tail_text(&mut self) -> String {
+        if let Some(done) = self.stderr_done.take() {
+            let _ = done.recv_timeout(Duration::from_millis(500));
+        }
         let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
         if tail.is_empty() {
             String::new()
@@ -303,5 +319,22 @@ mod tests {
         }
         let long = "x".repeat(500);
         assert!(parse_answer("a", &long).unwrap_err().len() < 150);
+    }
+
+    #[test]
+    fn the_last_line_a_worker_wrote_before_exiting_is_in_the_reason() {
+        // Many times over: the line and the exit race the stderr thread each time.
+        for _ in 0..50 {
+            let script = "read line; echo one >&2; echo going down on purpose >&2; exit 3";
+            let args = ["-c".to_owned(), script.to_owned()];
+            let mut worker =
+                Worker::spawn("sh", Path::new("/bin/sh"), &args, Path::new("/")).unwrap();
+            let Err(Broken(why)) = worker.ask("a", &json!("x"), Some(Duration::from_secs(5)))
+            else {
+                panic!("the worker exits without answering");
+            };
+            assert!(why.starts_with("exec worker exited with code 3"), "{why}");
+            assert!(why.ends_with("one | going down on purpose"), "{why}");
+        }
     }
 }
