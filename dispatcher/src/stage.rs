@@ -207,19 +207,16 @@ impl Stager {
         owner: &str,
         cap: usize,
     ) -> Result<Applied> {
-        let step = steps::stage_running(&self.keys, batch_id, frames, owner, cap);
-        self.apply(&step, "staging a batch").await
+        // The step is dropped once its call is built: the frames' copies in flight stay the
+        // three the memory bound counts (README, "Sizing").
+        let invocation =
+            steps::stage_running(&self.keys, batch_id, frames, owner, cap).invocation();
+        self.invoke(&invocation, "staging a batch").await
     }
 
     /// Applies a step if its batch is still as it was decided from.
     pub async fn apply(&self, step: &Step, what: &'static str) -> Result<Applied> {
-        let code: i64 = self
-            .retry(what, |mut con| {
-                let invocation = step.invocation();
-                async move { invocation.invoke_async(&mut con).await }
-            })
-            .await?;
-        Ok(applied(code))
+        self.invoke(&step.invocation(), what).await
     }
 
     /// Applies a step that also writes `results`, each once.
@@ -229,10 +226,19 @@ impl Stager {
         results: &ResultWrite<'_>,
         what: &'static str,
     ) -> Result<Applied> {
+        let invocation = step.invocation_with_results(&results.keys, &results.args);
+        self.invoke(&invocation, what).await
+    }
+
+    /// Runs a step's script call, built once for every attempt.
+    async fn invoke(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        what: &'static str,
+    ) -> Result<Applied> {
         let code: i64 = self
-            .retry(what, |mut con| {
-                let invocation = step.invocation_with_results(&results.keys, &results.args);
-                async move { invocation.invoke_async(&mut con).await }
+            .retry(what, |mut con| async move {
+                invocation.invoke_async(&mut con).await
             })
             .await?;
         Ok(applied(code))
@@ -285,18 +291,9 @@ impl Stager {
 
     /// Whether each id already has a result.
     pub async fn results_exist(&self, ids: &[&str]) -> Result<Vec<bool>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
         let keys: Vec<String> = ids.iter().map(|id| self.keys.result(id)).collect();
-        self.retry("checking results of a failed batch", |mut con| {
-            let mut pipe = redis::pipe();
-            for key in &keys {
-                pipe.exists(key);
-            }
-            async move { pipe.query_async(&mut con).await }
-        })
-        .await
+        self.exist(&keys, "checking results of a failed batch")
+            .await
     }
 
     /// Sets or renews dispatcher `id`'s lease for `ttl`. One attempt: the renewal loop is
@@ -327,16 +324,21 @@ impl Stager {
 
     /// Whether each dispatcher's lease is held.
     pub async fn leases_held(&self, ids: &[&str]) -> Result<Vec<bool>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
         let keys: Vec<String> = ids
             .iter()
             .map(|id| self.keys.dispatcher_lease(id))
             .collect();
-        self.retry("reading dispatcher leases", |mut con| {
+        self.exist(&keys, "reading dispatcher leases").await
+    }
+
+    /// Whether each key exists, in one round trip.
+    async fn exist(&self, keys: &[String], what: &'static str) -> Result<Vec<bool>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.retry(what, |mut con| {
             let mut pipe = redis::pipe();
-            for key in &keys {
+            for key in keys {
                 pipe.exists(key);
             }
             async move { pipe.query_async(&mut con).await }

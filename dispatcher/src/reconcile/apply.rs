@@ -18,6 +18,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// How [`Reconciler::start`] gets a batch's Job running.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// Create it.
+    Launch,
+    /// Follow the one a lost dispatcher left, or create it if there is none.
+    Adopt,
+}
+
 impl Reconciler {
     /// Reconciles every open batch, and drops running-set entries of batches no longer open.
     /// Returns when the next pass is due sooner than the regular interval, if it is.
@@ -178,14 +187,7 @@ impl Reconciler {
             }
             return applied.map(|_| None);
         }
-        let (this, batch) = (self.clone(), view.id.clone());
-        inner.tasks.spawn(async move {
-            let job = job::build(&this.inner.config, &batch);
-            match this.inner.launcher.launch(&job).await {
-                Ok(running) => this.follow(&batch, &generation, running),
-                Err(e) => this.refused(&batch, &generation, &e),
-            }
-        });
+        self.start(&view.id, generation, Start::Launch);
         inner.launched.fetch_add(1, Ordering::Relaxed);
         inner.metrics.launched.inc();
         Ok(None)
@@ -206,15 +208,26 @@ impl Reconciler {
         }
         inner.metrics.adopted.inc();
         tracing::info!(batch = %view.id, from = view.owner.as_deref().unwrap_or("nobody"), "adopting a batch whose dispatcher is gone");
-        let (this, batch) = (self.clone(), view.id.clone());
-        inner.tasks.spawn(async move {
+        self.start(&view.id, generation, Start::Adopt);
+        Ok(())
+    }
+
+    /// Creates (or takes over) the batch's Job in a tracked task and follows it; a create
+    /// refused for good is its outcome.
+    fn start(&self, batch: &str, generation: String, how: Start) {
+        let (this, batch) = (self.clone(), batch.to_owned());
+        self.inner.tasks.spawn(async move {
             let job = job::build(&this.inner.config, &batch);
-            match this.inner.launcher.adopt(&job).await {
+            let launcher = &this.inner.launcher;
+            let started = match how {
+                Start::Launch => launcher.launch(&job).await,
+                Start::Adopt => launcher.adopt(&job).await,
+            };
+            match started {
                 Ok(running) => this.follow(&batch, &generation, running),
                 Err(e) => this.refused(&batch, &generation, &e),
             }
         });
-        Ok(())
     }
 
     /// Records a followed Job's outcome and acts on it.
