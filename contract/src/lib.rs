@@ -13,6 +13,7 @@
 //! - [`record`]: the result record users read back, and batch states.
 //! - [`retry`]: the one retry helper (exponential backoff with jitter, on backon) that every
 //!   reconnect and retry goes through.
+//! - [`tls`]: TLS to RabbitMQ and Redis (CA and client files, the Redis client, failures).
 //! - [`runner_env`]: the runner's environment, produced by the dispatcher, read by the runner.
 
 pub mod envelope;
@@ -23,6 +24,7 @@ pub mod record;
 pub mod retry;
 pub mod runner_env;
 pub mod staged;
+pub mod tls;
 
 pub use envelope::{Envelope, EnvelopeError};
 pub use keys::Keys;

@@ -1,33 +1,83 @@
-//! RabbitMQ helpers shared by the consumer and the `publish` and `status` commands (and by
-//! producers in tests): connecting, declaring the work queue, reading its depth.
+//! RabbitMQ helpers shared by the consumer and the `publish`, `redrive` and `status` commands
+//! (and by producers in tests): connecting (over TLS for `amqps://`), finding or declaring the
+//! work queue, reading its depth.
+//!
+//! The queue is looked up passively first and used as it is: a queue the user created (a
+//! quorum queue, a dead-letter exchange, `x-max-length`) needs neither matching arguments nor
+//! the configure permission. Only a missing queue is declared, with `QUEUE_ARGUMENTS`.
 
+use crate::config::broker::Broker;
 use crate::error::{Error, Result};
 use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
+use sluice_contract::tls::{self, Service};
 
-/// Opens a connection (named after the dispatcher, so operators see it in RabbitMQ).
-pub async fn connect(url: &str, name: &str) -> Result<Connection> {
+/// Opens a connection (named after its user, so operators see it in RabbitMQ). For
+/// `amqps://`, the system's roots and `AMQP_CA_FILE` are trusted and `AMQP_CERT_FILE` is
+/// presented; a TLS failure is one line naming the host.
+pub async fn connect(broker: &Broker, name: &str) -> Result<Connection> {
+    let uri: AMQPUri = broker
+        .amqp_url
+        .parse()
+        .map_err(|e| Error::InvalidConfig(format!("AMQP_URL is not an AMQP URL: {e}")))?;
+    let host = format!("{}:{}", uri.authority.host, uri.authority.port);
+    let pem = broker
+        .tls()
+        .load(Service::Rabbitmq)
+        .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+    let config = OwnedTLSConfig {
+        identity: pem
+            .identity
+            .map(|(pem, key)| OwnedIdentity::PKCS8 { pem, key }),
+        cert_chain: pem.ca.map(|ca| String::from_utf8_lossy(&ca).into_owned()),
+    };
+    tls::install_crypto_provider();
+    let runtime = lapin::runtime::default_runtime().map_err(Error::amqp("starting a runtime"))?;
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties)
+    Connection::connect_uri_with_config(uri, properties, config, runtime)
         .await
-        .map_err(Error::amqp("connecting to rabbitmq"))
+        .map_err(Error::or_tls(
+            Service::Rabbitmq,
+            host,
+            Error::amqp("connecting to rabbitmq"),
+        ))
 }
 
-/// Declares the durable work queue, as producers may also do with the same arguments.
-pub async fn declare_queue(channel: &Channel, queue: &str) -> Result<lapin::Queue> {
-    channel
+/// The work queue's state: looked up passively, and declared (durable, with
+/// `QUEUE_ARGUMENTS`) only when it does not exist. Uses channels of its own, as a failed
+/// passive declare closes the channel it was made on.
+pub async fn ensure_queue(connection: &Connection, broker: &Broker) -> Result<lapin::Queue> {
+    let channel = open(connection).await?;
+    match inspect_queue(&channel, &broker.queue).await {
+        Ok(queue) => {
+            close(channel).await;
+            return Ok(queue);
+        }
+        Err(e) if !is_not_found(&e) => return Err(e),
+        Err(_) => {}
+    }
+    let channel = open(connection).await?;
+    let arguments =
+        queue_arguments(broker.queue_arguments.as_deref()).map_err(Error::InvalidConfig)?;
+    let queue = channel
         .queue_declare(
-            queue.into(),
+            broker.queue.as_str().into(),
             QueueDeclareOptions::durable(),
-            FieldTable::default(),
+            arguments,
         )
         .await
-        .map_err(Error::amqp("declaring the queue"))
+        .map_err(Error::amqp("declaring the queue"))?;
+    tracing::info!(queue = %broker.queue, "declared the queue, which did not exist");
+    close(channel).await;
+    Ok(queue)
 }
 
 /// Reads a queue's state (ready messages, consumers) with a passive declare: one round trip,
-/// and an error if the queue does not exist.
+/// and an error if the queue does not exist (which closes `channel`).
 pub async fn inspect_queue(channel: &Channel, queue: &str) -> Result<lapin::Queue> {
     let passive = QueueDeclareOptions {
         passive: true,
@@ -38,4 +88,94 @@ pub async fn inspect_queue(channel: &Channel, queue: &str) -> Result<lapin::Queu
         .queue_declare(queue.into(), passive, FieldTable::default())
         .await
         .map_err(Error::amqp("reading the queue's state"))
+}
+
+/// `QUEUE_ARGUMENTS` as the field table RabbitMQ takes: a JSON object of strings, integers,
+/// booleans and numbers. Stream queues are refused: their deliveries are never returned, so
+/// an unacked batch would be skipped rather than redelivered.
+pub fn queue_arguments(json: Option<&str>) -> Result<FieldTable, String> {
+    let mut table = FieldTable::default();
+    let Some(json) = json.filter(|j| !j.trim().is_empty()) else {
+        return Ok(table);
+    };
+    let refuse = |why: String| format!("QUEUE_ARGUMENTS {json}: {why}");
+    let serde_json::Value::Object(fields) =
+        serde_json::from_str(json).map_err(|e| refuse(format!("not JSON: {e}")))?
+    else {
+        return Err(refuse("must be a JSON object".into()));
+    };
+    for (name, value) in fields {
+        let value = match value {
+            serde_json::Value::String(s) => AMQPValue::LongString(LongString::from(s)),
+            serde_json::Value::Bool(b) => AMQPValue::Boolean(b),
+            serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => AMQPValue::LongLongInt(i),
+                (None, Some(f)) => AMQPValue::Double(f),
+                _ => return Err(refuse(format!("{name}: {n} is out of range"))),
+            },
+            other => {
+                return Err(refuse(format!(
+                    "{name}: {other} is not a string, number or boolean"
+                )));
+            }
+        };
+        if name == "x-queue-type"
+            && matches!(&value, AMQPValue::LongString(t) if t.to_string() == "stream")
+        {
+            return Err(refuse(
+                "stream queues cannot work: their unacked deliveries are never returned".into(),
+            ));
+        }
+        table.insert(ShortString::from(name), value);
+    }
+    Ok(table)
+}
+
+fn is_not_found(error: &Error) -> bool {
+    matches!(error, Error::Amqp { source, .. }
+        if matches!(source.kind(), ErrorKind::ProtocolError(e)
+            if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
+async fn open(connection: &Connection) -> Result<Channel> {
+    connection
+        .create_channel()
+        .await
+        .map_err(Error::amqp("opening a channel"))
+}
+
+async fn close(channel: Channel) {
+    if let Err(e) = channel.close(200, "done".into()).await {
+        tracing::debug!(error = %e, "closing a channel");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_arguments_are_typed_and_streams_refused() {
+        let table = queue_arguments(Some(
+            r#"{"x-queue-type":"quorum","x-delivery-limit":5,"x-single-active-consumer":false}"#,
+        ))
+        .unwrap();
+        let inner = table.inner();
+        assert_eq!(
+            inner.get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(
+            inner.get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(5))
+        );
+        assert_eq!(
+            inner.get("x-single-active-consumer"),
+            Some(&AMQPValue::Boolean(false))
+        );
+        assert!(queue_arguments(None).unwrap().inner().is_empty());
+        for bad in ["[1]", "{\"a\":[1]}", "nope", r#"{"x-queue-type":"stream"}"#] {
+            assert!(queue_arguments(Some(bad)).is_err(), "{bad}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! The prefetch is what keeps a burst in RabbitMQ: the broker sends at most `prefetch`
 //! unacked deliveries, and the dispatcher acks a batch only once its Job is launched.
 
-use crate::amqp::{connect, declare_queue, inspect_queue};
+use crate::amqp::{connect, ensure_queue, inspect_queue};
 use crate::batcher::Weighed;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -60,7 +60,8 @@ impl Weighed for Pending {
 impl Consumer {
     /// Connects, declares the queue, sets the prefetch and starts consuming.
     pub async fn start(config: &Config) -> Result<(Self, lapin::Consumer)> {
-        let connection = connect(&config.broker.amqp_url, "sluice-dispatcher").await?;
+        let connection = connect(&config.broker, "sluice-dispatcher").await?;
+        ensure_queue(&connection, &config.broker).await?;
         let channel = connection
             .create_channel()
             .await
@@ -69,7 +70,6 @@ impl Consumer {
             .basic_qos(config.prefetch(), BasicQosOptions::default())
             .await
             .map_err(Error::amqp("setting the prefetch"))?;
-        declare_queue(&channel, &config.broker.queue).await?;
         let stream = channel
             .basic_consume(
                 config.broker.queue.as_str().into(),

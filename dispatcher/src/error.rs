@@ -40,6 +40,15 @@ pub enum Error {
         #[source]
         source: redis::RedisError,
     },
+    /// A TLS session to RabbitMQ or Redis could not be opened: one line naming the server and
+    /// what failed. Retried, as a certificate can be fixed on either side while we wait.
+    #[error("{line}")]
+    Tls {
+        /// Which server.
+        service: sluice_contract::tls::Service,
+        /// `TLS to redis at host:port failed: …`.
+        line: String,
+    },
     /// The Kubernetes API server failed or refused a request.
     #[error("kubernetes error while {context}: {source}")]
     Kube {
@@ -86,6 +95,7 @@ impl Error {
             | Self::ConsumerClosed { .. }
             | Self::BrokerRefused { .. }
             | Self::Io { .. }
+            | Self::Tls { .. }
             | Self::RedriveLease { .. } => true,
             Self::Redis { source, .. } => {
                 !matches!(source.retry_method(), redis::RetryMethod::NoRetry)
@@ -107,6 +117,7 @@ impl Error {
             Self::Config(_) | Self::InvalidConfig(_) => "config",
             Self::Amqp { .. } | Self::ConsumerClosed { .. } | Self::BrokerRefused { .. } => "amqp",
             Self::Redis { .. } => "redis",
+            Self::Tls { service, .. } => service.name(),
             Self::Kube { .. } => "kube",
             Self::Launch { .. } => "launch",
             Self::Io { .. } => "io",
@@ -122,6 +133,22 @@ impl Error {
     /// Wraps a Redis error with what was being done.
     pub fn redis(context: &'static str) -> impl FnOnce(redis::RedisError) -> Self {
         move |source| Self::Redis { context, source }
+    }
+
+    /// Wraps a driver's error from connecting to `service` at `host`: the TLS line when TLS
+    /// failed, else what `other` makes of it.
+    pub fn or_tls<E: std::error::Error + 'static>(
+        service: sluice_contract::tls::Service,
+        host: String,
+        other: impl FnOnce(E) -> Self,
+    ) -> impl FnOnce(E) -> Self {
+        move |source| match sluice_contract::tls::tls_failure(&source) {
+            Some(failure) => Self::Tls {
+                service,
+                line: failure.line(service, &host),
+            },
+            None => other(source),
+        }
     }
 
     /// Wraps a Kubernetes client error with what was being done.

@@ -122,7 +122,7 @@ async fn run() -> anyhow::Result<()> {
                     }
                 }
             };
-            let published = publish(&config.broker.amqp_url, &config.broker.queue, source).await?;
+            let published = publish(&config.broker, source).await?;
             println!(
                 "published {published} message(s) to queue {}",
                 config.broker.queue

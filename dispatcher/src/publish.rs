@@ -1,6 +1,7 @@
 //! `dispatcher publish`: push messages with publisher confirms and a progress bar.
 
-use crate::amqp::{connect, declare_queue};
+use crate::amqp::{connect, ensure_queue};
+use crate::config::broker::Broker;
 use crate::error::{Error, Result};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -32,17 +33,14 @@ pub enum Source<R> {
 
 /// Publishes every message of `source` to `queue`, each confirmed by the broker.
 /// Returns how many were published.
-pub async fn publish<R: AsyncBufRead + Unpin>(
-    amqp_url: &str,
-    queue: &str,
-    source: Source<R>,
-) -> Result<u64> {
-    let connection = connect(amqp_url, "sluice-publish").await?;
+pub async fn publish<R: AsyncBufRead + Unpin>(broker: &Broker, source: Source<R>) -> Result<u64> {
+    let queue = broker.queue.as_str();
+    let connection = connect(broker, "sluice-publish").await?;
+    ensure_queue(&connection, broker).await?;
     let channel = connection
         .create_channel()
         .await
         .map_err(Error::amqp("opening a channel"))?;
-    declare_queue(&channel, queue).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await

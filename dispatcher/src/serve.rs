@@ -66,10 +66,10 @@ pub async fn run(
     metrics
         .health()
         .block(health::REDIS, "not connected to redis yet");
-    let url = &config.redis.redis_url;
+    let client = config.redis.client()?;
     let stager = tokio::select! {
         () = shutdown.cancelled() => return Ok(Summary::default()),
-        stager = Stager::connect_within(url, keys, config.redis.result_ttl_seconds, None) => stager?,
+        stager = connect_redis(client, keys, config.redis.result_ttl_seconds, &metrics) => stager,
     };
     let me = config.replicas.id_or_generate();
     let lease_ttl = config.replicas.lease();
@@ -127,6 +127,28 @@ pub async fn run(
     };
     tracing::info!(?summary, "dispatcher stopped");
     Ok(summary)
+}
+
+/// Connects to Redis, retrying until it answers; each failure (a TLS one in its own line) is
+/// readiness's `redis` reason meanwhile.
+async fn connect_redis(
+    client: redis::Client,
+    keys: Keys,
+    ttl_seconds: u64,
+    metrics: &Metrics,
+) -> Stager {
+    let mut backoff = RECONNECT.backoff();
+    loop {
+        match Stager::open(client.clone(), keys.clone(), ttl_seconds).await {
+            Ok(stager) => return stager,
+            Err(e) => {
+                metrics.health().block(health::REDIS, e.to_string());
+                let delay = backoff.next_delay().unwrap_or(RECONNECT.max_delay());
+                tracing::warn!(error = %e, ?delay, "cannot connect to redis; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
 }
 
 /// Sets this dispatcher's lease before it launches anything, retrying while Redis does not

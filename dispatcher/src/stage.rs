@@ -28,30 +28,36 @@ pub struct Stager {
 
 impl Stager {
     /// Connects to Redis, retrying while it is unreachable for up to a minute.
-    pub async fn connect(url: &str, keys: Keys, ttl_seconds: u64) -> Result<Self> {
-        Self::connect_within(url, keys, ttl_seconds, Some(REDIS_BUDGET)).await
+    pub async fn connect(client: redis::Client, keys: Keys, ttl_seconds: u64) -> Result<Self> {
+        Self::connect_within(client, keys, ttl_seconds, Some(REDIS_BUDGET)).await
     }
 
     /// Connects to Redis, retrying for up to `budget` (`None`: until it answers).
     pub async fn connect_within(
-        url: &str,
+        client: redis::Client,
         keys: Keys,
         ttl_seconds: u64,
         budget: Option<Duration>,
     ) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(Error::redis("parsing REDIS_URL"))?;
+        with_backoff("connecting to redis", budget, || {
+            Self::open(client.clone(), keys.clone(), ttl_seconds)
+        })
+        .await
+    }
+
+    /// Connects to Redis once; a TLS failure is one line naming the server.
+    pub async fn open(client: redis::Client, keys: Keys, ttl_seconds: u64) -> Result<Self> {
+        let host = sluice_contract::tls::redis_host(&client);
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)));
-        let con = with_backoff("connecting to redis", budget, || {
-            let (client, config) = (client.clone(), config.clone());
-            async move {
-                ConnectionManager::new_with_config(client, config)
-                    .await
-                    .map_err(Error::redis("connecting"))
-            }
-        })
-        .await?;
+        let con = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(Error::or_tls(
+                sluice_contract::tls::Service::Redis,
+                host,
+                Error::redis("connecting"),
+            ))?;
         Ok(Self {
             con,
             keys,

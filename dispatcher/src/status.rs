@@ -43,7 +43,7 @@ pub struct Stored {
 /// Reads the report from RabbitMQ and Redis. An unreachable Redis is part of the
 /// report, not an error (that is when an operator runs this); an unreachable broker is one.
 pub async fn report(config: &Config) -> Result<Report> {
-    let connection = connect(&config.broker.amqp_url, "sluice-status").await?;
+    let connection = connect(&config.broker, "sluice-status").await?;
     let channel = connection
         .create_channel()
         .await
@@ -66,12 +66,16 @@ const REDIS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn read_redis(config: &Config) -> std::result::Result<Stored, String> {
     let read = async {
-        let client = redis::Client::open(config.redis.redis_url.as_str())
-            .map_err(Error::redis("parsing REDIS_URL"))?;
+        let client = config.redis.client()?;
+        let host = sluice_contract::tls::redis_host(&client);
         let mut con = client
             .get_multiplexed_async_connection()
             .await
-            .map_err(Error::redis("connecting"))?;
+            .map_err(Error::or_tls(
+                sluice_contract::tls::Service::Redis,
+                host,
+                Error::redis("connecting"),
+            ))?;
         stored(&mut con, &Keys::new(&config.redis.key_prefix)).await
     };
     match tokio::time::timeout(REDIS_WAIT, read).await {

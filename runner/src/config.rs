@@ -3,6 +3,8 @@
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use sluice_contract::RunnerEnv;
+use sluice_contract::tls::TlsFiles;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the runner needs to process one batch.
@@ -22,6 +24,8 @@ pub struct Config {
     pub flush_interval: Duration,
     /// `REDIS_RETRY_SECONDS`: how long to keep retrying Redis before giving up (default 30).
     pub redis_retry: Duration,
+    /// `REDIS_CA_FILE`, `REDIS_CERT_FILE`, `REDIS_KEY_FILE`: TLS files for `rediss://`.
+    pub redis_tls: TlsFiles,
 }
 
 /// What the runner reads besides the dispatcher's list ([`RunnerEnv`]).
@@ -31,6 +35,12 @@ struct Options {
     redis_url: String,
     #[serde(default)]
     sluice_test_kernels: String,
+    #[serde(default)]
+    redis_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    redis_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    redis_key_file: Option<PathBuf>,
 }
 
 fn default_redis_url() -> String {
@@ -54,6 +64,11 @@ impl Config {
             result_chunk: env.result_chunk,
             flush_interval: Duration::from_millis(env.result_flush_ms),
             redis_retry: Duration::from_secs(env.redis_retry_seconds),
+            redis_tls: TlsFiles {
+                ca_file: options.redis_ca_file,
+                cert_file: options.redis_cert_file,
+                key_file: options.redis_key_file,
+            },
             env,
         };
         config.validate()?;

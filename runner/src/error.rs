@@ -30,6 +30,10 @@ pub enum Error {
         #[source]
         source: redis::RedisError,
     },
+    /// A TLS session to Redis could not be opened through the retry budget: one line naming
+    /// the server and what failed.
+    #[error("{0}")]
+    Tls(String),
     /// A kernel cannot run at all: its command cannot be started, or its workers die before
     /// answering anything. No message is blamed; the batch is retried whole later.
     #[error("{0}")]
@@ -52,7 +56,7 @@ impl Error {
         let code = match self {
             Self::Config(_) | Self::InvalidConfig(_) => exit::CONFIG,
             Self::BatchNotFound { .. } => exit::NO_BATCH,
-            Self::Redis { .. } => exit::UNAVAILABLE,
+            Self::Redis { .. } | Self::Tls(_) => exit::UNAVAILABLE,
             Self::LostRedis { .. } => exit::TEMPFAIL,
             Self::KernelUnavailable(crate::registry::KernelError::Unavailable {
                 not_found: true,

@@ -107,7 +107,7 @@ pub fn run(config: &Config) -> Result<Summary> {
 fn process(config: &Config, kernels: &Kernels) -> Result<Summary> {
     let env = &config.env;
     let keys = Keys::new(&env.key_prefix);
-    let mut store = Store::new(&config.redis_url, config.redis_retry)?;
+    let mut store = Store::new(&config.redis_url, &config.redis_tls, config.redis_retry)?;
     let started = std::time::Instant::now();
     if config.test_kernels && !cfg!(feature = "test-kernels") {
         tracing::warn!("SLUICE_TEST_KERNELS is set, but this runner has no test kernels");

@@ -5,20 +5,28 @@
 
 use crate::error::{Error, Result, is_transient};
 use sluice_contract::retry::{Policy, retry_blocking};
+use sluice_contract::tls::{self, Service, TlsFiles};
 use std::time::Duration;
 
 /// The runner's Redis handle.
 pub struct Store {
     client: redis::Client,
+    /// `host:port`, for the line a TLS failure becomes.
+    host: String,
     con: Option<redis::Connection>,
     budget: Duration,
 }
 
 impl Store {
-    /// A handle for `url`; connects lazily, retrying for up to `budget` per call.
-    pub fn new(url: &str, budget: Duration) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(Error::redis("parsing REDIS_URL"))?;
+    /// A handle for `url` (over TLS with `tls`'s files for `rediss://`); connects lazily,
+    /// retrying for up to `budget` per call.
+    pub fn new(url: &str, tls: &TlsFiles, budget: Duration) -> Result<Self> {
+        let pem = tls
+            .load(Service::Redis)
+            .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        let client = tls::redis_client(url, &pem).map_err(Error::redis("parsing REDIS_URL"))?;
         Ok(Self {
+            host: tls::redis_host(&client),
             client,
             con: None,
             budget,
@@ -36,7 +44,9 @@ impl Store {
             Duration::from_secs(2),
             Some(self.budget),
         );
-        let Self { client, con, .. } = self;
+        let Self {
+            client, con, host, ..
+        } = self;
         retry_blocking(
             policy,
             || {
@@ -55,6 +65,9 @@ impl Store {
             is_transient,
             |e, delay| tracing::warn!(%e, ?delay, context, "redis unavailable, retrying"),
         )
-        .map_err(Error::redis(context))
+        .map_err(|e| match tls::tls_failure(&e) {
+            Some(failure) => Error::Tls(failure.line(Service::Redis, host)),
+            None => Error::Redis { context, source: e },
+        })
     }
 }

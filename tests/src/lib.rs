@@ -12,11 +12,12 @@ pub mod guarantee;
 pub mod node_agent;
 pub mod outage;
 pub mod proxy;
+pub mod servers;
 
 use anyhow::{Result, bail};
 use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection};
 use redis::AsyncCommands;
 use sluice_dispatcher::Config;
 use std::collections::HashMap;
@@ -33,6 +34,9 @@ pub struct TestEnv {
     pub amqp_url: String,
     /// Redis URL.
     pub redis_url: String,
+    /// More variables for every dispatcher, runner and connection of this environment (TLS
+    /// files, queue arguments).
+    pub extra: Vec<(String, String)>,
 }
 
 /// A message to publish: body and optional AMQP `message_id` property.
@@ -76,13 +80,50 @@ impl TestEnv {
                 .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             redis_url: std::env::var("REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into()),
+            extra: Vec::new(),
         };
         env.check_services().await?;
         Ok(env)
     }
 
+    /// A fresh environment on other servers: `amqp_url` and `redis_url`, with `extra`
+    /// variables (TLS files) for every connection.
+    pub async fn on(
+        test: &str,
+        amqp_url: &str,
+        redis_url: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Self> {
+        let mut env = Self::unchecked(test);
+        env.amqp_url = amqp_url.to_owned();
+        env.redis_url = redis_url.to_owned();
+        env.extra = extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        env.check_services().await?;
+        Ok(env)
+    }
+
+    fn unchecked(test: &str) -> Self {
+        let tag = uuid::Uuid::now_v7().simple().to_string();
+        Self {
+            queue: format!("test-{test}-{}", &tag[20..]),
+            prefix: format!("test-{test}-{}", &tag[20..]),
+            amqp_url: String::new(),
+            redis_url: String::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// A connection to this environment's broker, as the dispatcher makes it.
+    pub async fn amqp(&self) -> Result<Connection> {
+        let config = self.config(&[])?;
+        Ok(sluice_dispatcher::amqp::connect(&config.broker, "sluice-tests").await?)
+    }
+
     async fn check_services(&self) -> Result<()> {
-        let amqp = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await;
+        let amqp = self.amqp().await;
         let redis = async {
             let mut con = self.redis().await?;
             redis::cmd("PING")
@@ -143,21 +184,27 @@ impl TestEnv {
             "RUNNER_BIN".to_owned(),
             binary("runner").display().to_string(),
         )])
+        .chain(self.extra.iter().cloned())
         .collect()
+    }
+
+    /// A Redis client for this environment (with its TLS files).
+    pub fn redis_client(&self) -> Result<redis::Client> {
+        Ok(self.config(&[])?.redis.client()?)
     }
 
     /// A Redis connection.
     pub async fn redis(&self) -> Result<redis::aio::MultiplexedConnection> {
-        let client = redis::Client::open(self.redis_url.as_str())?;
+        let client = self.redis_client()?;
         Ok(client.get_multiplexed_async_connection().await?)
     }
 
     /// Publishes persistent messages with publisher confirms.
     pub async fn publish(&self, messages: &[Outgoing]) -> Result<()> {
-        let connection =
-            Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let connection = self.amqp().await?;
+        let broker = self.config(&[])?.broker;
+        sluice_dispatcher::amqp::ensure_queue(&connection, &broker).await?;
         let channel = connection.create_channel().await?;
-        sluice_dispatcher::amqp::declare_queue(&channel, &self.queue).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
@@ -271,18 +318,16 @@ impl TestEnv {
 
     /// Messages ready in the queue.
     pub async fn queue_depth(&self) -> Result<u32> {
-        let connection =
-            Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
-        let queue = sluice_dispatcher::amqp::declare_queue(&channel, &self.queue).await?;
+        let connection = self.amqp().await?;
+        let broker = self.config(&[])?.broker;
+        let queue = sluice_dispatcher::amqp::ensure_queue(&connection, &broker).await?;
         connection.close(200, "read".into()).await?;
         Ok(queue.message_count())
     }
 
     /// Deletes this test's queue and keys, and nothing else.
     pub async fn cleanup(&self) -> Result<()> {
-        let connection =
-            Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let connection = self.amqp().await?;
         let channel = connection.create_channel().await?;
         channel
             .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())

@@ -61,7 +61,7 @@ fn kernels_dir(env: &TestEnv, table: &str) -> PathBuf {
 /// Stages `messages` (id, plain-text body) as `batch` and runs the runner binary on it with
 /// the table in `dir`; the default kernel is `py`.
 async fn run(env: &TestEnv, batch: &str, messages: &[(String, String)], dir: &Path) -> Output {
-    let stager = Stager::connect(&env.redis_url, Keys::new(&env.prefix), 0)
+    let stager = Stager::connect(env.redis_client().unwrap(), Keys::new(&env.prefix), 0)
         .await
         .unwrap();
     let frames: Vec<Vec<u8>> = messages.iter().map(|(id, body)| frame(id, body)).collect();

@@ -238,7 +238,7 @@ async fn a_runner_that_starts_while_redis_is_down_waits_for_it() {
             .encode()
         })
         .collect();
-    let stager = Stager::connect(&env.redis_url, Keys::new(&env.prefix), 0)
+    let stager = Stager::connect(env.redis_client().unwrap(), Keys::new(&env.prefix), 0)
         .await
         .unwrap();
     stager

@@ -39,7 +39,7 @@ async fn run_runner(config: sluice_runner::Config) -> sluice_runner::Summary {
 #[tokio::test]
 async fn runner_writes_ok_and_error_results_and_skips_finished_ids() {
     let env = TestEnv::new("runner").await.unwrap();
-    let stager = Stager::connect(&env.redis_url, Keys::new(&env.prefix), 0)
+    let stager = Stager::connect(env.redis_client().unwrap(), Keys::new(&env.prefix), 0)
         .await
         .unwrap();
     let frames = vec![
@@ -123,7 +123,7 @@ async fn runner_writes_ok_and_error_results_and_skips_finished_ids() {
 #[tokio::test]
 async fn a_second_run_over_the_same_batch_writes_nothing_new() {
     let env = TestEnv::new("rerun").await.unwrap();
-    let stager = Stager::connect(&env.redis_url, Keys::new(&env.prefix), 0)
+    let stager = Stager::connect(env.redis_client().unwrap(), Keys::new(&env.prefix), 0)
         .await
         .unwrap();
     let frames: Vec<_> = (0..20)
@@ -161,7 +161,7 @@ async fn a_second_run_over_the_same_batch_writes_nothing_new() {
 #[tokio::test]
 async fn racing_runners_write_each_result_once() {
     let env = TestEnv::new("race").await.unwrap();
-    let stager = Stager::connect(&env.redis_url, Keys::new(&env.prefix), 0)
+    let stager = Stager::connect(env.redis_client().unwrap(), Keys::new(&env.prefix), 0)
         .await
         .unwrap();
     let frames: Vec<_> = (0..200)
@@ -273,9 +273,13 @@ impl Drop for PrivateRedis {
 #[tokio::test]
 async fn results_are_written_when_redis_has_never_seen_the_script() {
     let redis = PrivateRedis::start();
-    let stager = Stager::connect(&redis.url, Keys::new("fresh"), 0)
-        .await
-        .unwrap();
+    let stager = Stager::connect(
+        redis::Client::open(redis.url.as_str()).unwrap(),
+        Keys::new("fresh"),
+        0,
+    )
+    .await
+    .unwrap();
     let frames: Vec<_> = (0..5)
         .map(|i| frame(&format!("n{i}"), br#"{"kernel":"echo","input":1}"#))
         .collect();

@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 use sluice_contract::runner_env as defaults;
+use sluice_contract::tls::{self, Service, TlsFiles};
+use std::path::PathBuf;
 
 /// Redis settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +27,37 @@ pub struct Redis {
     /// Key of the Redis URL inside that Secret.
     #[serde(default = "d::redis_secret_key")]
     pub redis_secret_key: String,
+    /// PEM CA trusted for `rediss://` besides the system's roots.
+    #[serde(default)]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS.
+    #[serde(default)]
+    pub redis_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[serde(default)]
+    pub redis_key_file: Option<PathBuf>,
+}
+
+impl Redis {
+    /// The TLS files for Redis.
+    pub fn tls(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.redis_ca_file.clone(),
+            cert_file: self.redis_cert_file.clone(),
+            key_file: self.redis_key_file.clone(),
+        }
+    }
+
+    /// A client for `REDIS_URL` with the TLS files read now (so rotated files are picked up
+    /// at the next connect).
+    pub fn client(&self) -> crate::Result<redis::Client> {
+        let pem = self
+            .tls()
+            .load(Service::Redis)
+            .map_err(|e| crate::Error::InvalidConfig(e.to_string()))?;
+        tls::redis_client(&self.redis_url, &pem)
+            .map_err(crate::Error::redis("building the redis client"))
+    }
 }
 
 /// Defaults, one function per variable (serde's `default = "…"` needs a path).

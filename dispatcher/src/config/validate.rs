@@ -10,7 +10,36 @@ pub fn check(config: &Config) -> Result<(), String> {
     job(config)?;
     kube(config)?;
     kernels(config)?;
+    broker(config)?;
     memory(config)
+}
+
+/// TLS files that load and fit their URL's scheme, and queue arguments that parse.
+fn broker(config: &Config) -> Result<(), String> {
+    use sluice_contract::tls::Service;
+    let (broker, redis) = (&config.broker, &config.redis);
+    for (service, files, url, scheme) in [
+        (
+            Service::Rabbitmq,
+            broker.tls(),
+            &broker.amqp_url,
+            "amqps://",
+        ),
+        (Service::Redis, redis.tls(), &redis.redis_url, "rediss://"),
+    ] {
+        files.load(service).map_err(|e| e.to_string())?;
+        if files.is_set() && !url.starts_with(scheme) {
+            let var = if service == Service::Rabbitmq {
+                "AMQP"
+            } else {
+                "REDIS"
+            };
+            return Err(format!(
+                "{var}_CA_FILE, {var}_CERT_FILE and {var}_KEY_FILE are TLS settings: {var}_URL must start with {scheme}"
+            ));
+        }
+    }
+    crate::amqp::queue_arguments(broker.queue_arguments.as_deref()).map(drop)
 }
 
 fn limits(config: &Config) -> Result<(), String> {

@@ -144,7 +144,7 @@ pub async fn plan(config: &Config, selector: &Selector) -> Result<Plan> {
 }
 
 async fn connect(config: &Config) -> Result<Store> {
-    Store::connect(&config.redis.redis_url, Keys::new(&config.redis.key_prefix)).await
+    Store::connect(config.redis.client()?, Keys::new(&config.redis.key_prefix)).await
 }
 
 /// Reads the dead and redrive lists and selects from the dead one.

@@ -3,7 +3,7 @@
 
 use super::store::{Lease, Store, Take};
 use super::{Candidate, DeadLetter, Plan, Selector, connect, messages, read_plan, unreadable};
-use crate::amqp::{connect as amqp_connect, declare_queue};
+use crate::amqp::{connect as amqp_connect, ensure_queue};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::failpoint::Failpoint;
@@ -183,12 +183,12 @@ struct Requeue {
 
 impl Requeue {
     async fn connect(config: &Config) -> Result<Self> {
-        let connection = amqp_connect(&config.broker.amqp_url, "sluice-redrive").await?;
+        let connection = amqp_connect(&config.broker, "sluice-redrive").await?;
+        ensure_queue(&connection, &config.broker).await?;
         let channel = connection
             .create_channel()
             .await
             .map_err(Error::amqp("opening a channel"))?;
-        declare_queue(&channel, &config.broker.queue).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await

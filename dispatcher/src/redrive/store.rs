@@ -83,15 +83,19 @@ pub struct Store {
 
 impl Store {
     /// Connects; a redrive is one-shot, so an unreachable Redis is reported, not waited out.
-    pub async fn connect(url: &str, keys: Keys) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(Error::redis("parsing REDIS_URL"))?;
+    pub async fn connect(client: redis::Client, keys: Keys) -> Result<Self> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)));
+        let host = sluice_contract::tls::redis_host(&client);
         let con = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(Error::redis("connecting"))?;
+            .map_err(Error::or_tls(
+                sluice_contract::tls::Service::Redis,
+                host,
+                Error::redis("connecting"),
+            ))?;
         Ok(Self { con, keys })
     }
 
