@@ -26,6 +26,12 @@ pub struct Pending {
     pub tag: u64,
     /// The frame stored in Redis.
     pub frame: Vec<u8>,
+    /// The broker delivered it before (to us or to another consumer).
+    pub redelivered: bool,
+    /// Its `x-delivery-count` header (quorum queues), 0 when absent.
+    pub delivery_count: u64,
+    /// It came from a stream queue (an `x-stream-offset` header), which sluice cannot consume.
+    pub from_stream: bool,
 }
 
 impl Pending {
@@ -33,6 +39,10 @@ impl Pending {
     /// runner can answer it with an error result without the body ever reaching Redis).
     pub fn new(delivery: lapin::message::Delivery, max_message_bytes: usize) -> Self {
         let size = delivery.data.len();
+        let headers = delivery.properties.headers().as_ref();
+        let header = |name: &str| headers.and_then(|h| h.inner().get(name));
+        let delivery_count = header("x-delivery-count").map_or(0, as_count);
+        let from_stream = header("x-stream-offset").is_some();
         let oversized = size > max_message_bytes;
         let message = StagedMessage {
             message_id: delivery
@@ -47,8 +57,27 @@ impl Pending {
         Self {
             tag: delivery.delivery_tag,
             frame: message.encode(),
+            redelivered: delivery.redelivered,
+            delivery_count,
+            from_stream,
         }
     }
+}
+
+/// An integer header of any AMQP integer type; anything else counts as 0.
+fn as_count(value: &lapin::types::AMQPValue) -> u64 {
+    use lapin::types::AMQPValue as V;
+    let n: i128 = match value {
+        V::ShortShortInt(n) => (*n).into(),
+        V::ShortShortUInt(n) => (*n).into(),
+        V::ShortInt(n) => (*n).into(),
+        V::ShortUInt(n) => (*n).into(),
+        V::LongInt(n) => (*n).into(),
+        V::LongUInt(n) => (*n).into(),
+        V::LongLongInt(n) => (*n).into(),
+        _ => 0,
+    };
+    u64::try_from(n).unwrap_or(0)
 }
 
 impl Weighed for Pending {

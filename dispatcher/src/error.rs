@@ -19,6 +19,15 @@ pub enum Error {
         #[source]
         source: lapin::Error,
     },
+    /// The work queue is a stream queue: its unacked deliveries are never returned, so a
+    /// batch that failed would be skipped rather than redelivered. Not retried.
+    #[error(
+        "queue {queue} is a stream queue, which sluice cannot consume: a stream never returns unacked deliveries, so a failed batch would be skipped; use a quorum or classic queue"
+    )]
+    StreamQueue {
+        /// The queue.
+        queue: String,
+    },
     /// The consumer's stream ended or failed: the broker cancelled it or the connection closed.
     #[error("the rabbitmq consumer stopped: {reason}")]
     ConsumerClosed {
@@ -107,7 +116,10 @@ impl Error {
                 | kube::Error::ReadEvents(_) => true,
                 _ => false,
             },
-            Self::Config(_) | Self::InvalidConfig(_) | Self::Launch { .. } => false,
+            Self::Config(_)
+            | Self::InvalidConfig(_)
+            | Self::Launch { .. }
+            | Self::StreamQueue { .. } => false,
         }
     }
 
@@ -115,7 +127,10 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Config(_) | Self::InvalidConfig(_) => "config",
-            Self::Amqp { .. } | Self::ConsumerClosed { .. } | Self::BrokerRefused { .. } => "amqp",
+            Self::Amqp { .. }
+            | Self::ConsumerClosed { .. }
+            | Self::BrokerRefused { .. }
+            | Self::StreamQueue { .. } => "amqp",
             Self::Redis { .. } => "redis",
             Self::Tls { service, .. } => service.name(),
             Self::Kube { .. } => "kube",

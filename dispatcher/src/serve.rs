@@ -115,7 +115,7 @@ pub async fn run(
         reconciler,
         metrics,
     };
-    dispatcher.consume(&shutdown).await;
+    let consumed = dispatcher.consume(&shutdown).await;
     let grace = Duration::from_secs(dispatcher.config.service.shutdown_grace_seconds);
     let abandoned = dispatcher.reconciler.drain(grace).await;
     stop_loop.cancel();
@@ -126,7 +126,7 @@ pub async fn run(
         abandoned,
     };
     tracing::info!(?summary, "dispatcher stopped");
-    Ok(summary)
+    consumed.map(|()| summary)
 }
 
 /// Connects to Redis, retrying until it answers; each failure (a TLS one in its own line) is
@@ -182,8 +182,8 @@ async fn take_lease(
 impl Dispatcher {
     /// Consumes until shutdown, reconnecting with backoff whenever RabbitMQ or Redis fails.
     /// The schedule starts over once a session is up, so a failure after a good session waits
-    /// the shortest delay again.
-    async fn consume(&self, shutdown: &CancellationToken) {
+    /// the shortest delay again. An error no retry can cure (a stream queue) ends it.
+    async fn consume(&self, shutdown: &CancellationToken) -> Result<()> {
         let mut backoff = RECONNECT.backoff();
         while !shutdown.is_cancelled() {
             let session = tokio::select! {
@@ -209,6 +209,10 @@ impl Dispatcher {
             }
             if let Err(e) = outcome {
                 self.metrics.error(e.metric_label());
+                if !e.is_transient() {
+                    tracing::error!(error = %e, "cannot consume; stopping");
+                    return Err(e);
+                }
                 // RECONNECT has neither budget nor retry limit: its schedule never runs out.
                 let delay = backoff.next_delay().unwrap_or(RECONNECT.max_delay());
                 tracing::warn!(error = %e, ?delay, "consumer stopped; reconnecting");
@@ -219,6 +223,7 @@ impl Dispatcher {
                 }
             }
         }
+        Ok(())
     }
 
     /// One connection's life: batches until shutdown or failure. Unacked deliveries (a batch
@@ -269,6 +274,11 @@ impl Dispatcher {
                 }
                 Next::Failed(reason) => break Err(Error::ConsumerClosed { reason }),
             };
+            if batch.iter().any(|p| p.from_stream) {
+                break Err(Error::StreamQueue {
+                    queue: self.config.broker.queue.clone(),
+                });
+            }
             if !breaker.admit(shutdown).await {
                 break Ok(());
             }
@@ -295,10 +305,14 @@ impl Dispatcher {
         tracing::Span::current().record("batch", batch_id.as_str());
         let last_tag = batch.last().map_or(0, |p| p.tag);
         let size = batch.len() as u64;
+        let history = crate::steps::Redeliveries {
+            redelivered: batch.iter().filter(|p| p.redelivered).count(),
+            max_delivery_count: batch.iter().map(|p| p.delivery_count).max().unwrap_or(0),
+        };
         let frames: Vec<Vec<u8>> = batch.into_iter().map(|p| p.frame).collect();
         let launched = self
             .reconciler
-            .launch_fresh(&batch_id, &frames, &self.failpoint, shutdown)
+            .launch_fresh(&batch_id, &frames, history, &self.failpoint, shutdown)
             .await?;
         drop(frames);
         if launched == Fresh::Stopped {

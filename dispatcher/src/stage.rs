@@ -212,11 +212,12 @@ impl Stager {
         frames: &[Vec<u8>],
         owner: &str,
         cap: usize,
+        history: steps::Redeliveries,
     ) -> Result<Applied> {
         // The step is dropped once its call is built: the frames' copies in flight stay the
         // three the memory bound counts (README, "Sizing").
         let invocation =
-            steps::stage_running(&self.keys, batch_id, frames, owner, cap).invocation();
+            steps::stage_running(&self.keys, batch_id, frames, owner, cap, history).invocation();
         self.invoke(&invocation, "staging a batch").await
     }
 

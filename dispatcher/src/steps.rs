@@ -92,18 +92,33 @@ fn hset(step: &mut Step, key: &str, fields: &[(&str, &str)]) {
 }
 
 /// A fresh batch, staged as launched by `owner`, if fewer than `cap` are in flight.
+/// What the broker said of a fresh batch's deliveries, recorded on the batch: how many were
+/// redelivered, and the highest `x-delivery-count` (quorum queues count returns against
+/// their `x-delivery-limit`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Redeliveries {
+    /// Deliveries with the redelivered flag.
+    pub redelivered: usize,
+    /// The highest `x-delivery-count` header among them (0 when none has one).
+    pub max_delivery_count: u64,
+}
+
+/// Stages a fresh batch as running under `owner`, if the shared cap has room.
 pub fn stage_running(
     keys: &Keys,
     batch_id: &str,
     frames: &[Vec<u8>],
     owner: &str,
     cap: usize,
+    history: Redeliveries,
 ) -> Step {
     let batch = keys.batch(batch_id);
     let mut step = Step::new(batch.clone(), "").under_cap(keys.running_batches(), cap);
     push_frames(&mut step, &keys.batch_messages(batch_id), frames);
     let (size, now) = (frames.len().to_string(), unix_millis().to_string());
     let job = job::job_name(batch_id);
+    let redelivered = history.redelivered.to_string();
+    let delivery_count = history.max_delivery_count.to_string();
     hset(
         &mut step,
         &batch,
@@ -114,6 +129,8 @@ pub fn stage_running(
             ("size", &size),
             ("job", &job),
             ("created_at", &now),
+            ("redelivered", &redelivered),
+            ("delivery_count_max", &delivery_count),
         ],
     );
     step.command(["SADD", &keys.open_batches(), batch_id])

@@ -149,6 +149,7 @@ impl Reconciler {
         &self,
         batch_id: &str,
         frames: &[Vec<u8>],
+        history: crate::steps::Redeliveries,
         failpoint: &Failpoint,
         stop: &CancellationToken,
     ) -> Result<Fresh> {
@@ -162,7 +163,7 @@ impl Reconciler {
             inner.followed.start(batch_id, "1");
             let staged = inner
                 .stager
-                .stage_running(batch_id, frames, &inner.me, cap)
+                .stage_running(batch_id, frames, &inner.me, cap, history)
                 .await;
             match staged {
                 Ok(Applied::Yes) => break,
