@@ -6,12 +6,12 @@
 //! quorum queue, a dead-letter exchange, `x-max-length`) needs neither matching arguments nor
 //! the configure permission. Only a missing queue is declared, with `QUEUE_ARGUMENTS`.
 
-use crate::config::broker::Broker;
+use crate::config::broker::{Broker, queue_arguments};
 use crate::error::{Error, Result};
 use lapin::options::QueueDeclareOptions;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use sluice_contract::tls::{self, Service};
@@ -90,47 +90,6 @@ pub async fn inspect_queue(channel: &Channel, queue: &str) -> Result<lapin::Queu
         .map_err(Error::amqp("reading the queue's state"))
 }
 
-/// `QUEUE_ARGUMENTS` as the field table RabbitMQ takes: a JSON object of strings, integers,
-/// booleans and numbers. Stream queues are refused: their deliveries are never returned, so
-/// an unacked batch would be skipped rather than redelivered.
-pub fn queue_arguments(json: Option<&str>) -> Result<FieldTable, String> {
-    let mut table = FieldTable::default();
-    let Some(json) = json.filter(|j| !j.trim().is_empty()) else {
-        return Ok(table);
-    };
-    let refuse = |why: String| format!("QUEUE_ARGUMENTS {json}: {why}");
-    let serde_json::Value::Object(fields) =
-        serde_json::from_str(json).map_err(|e| refuse(format!("not JSON: {e}")))?
-    else {
-        return Err(refuse("must be a JSON object".into()));
-    };
-    for (name, value) in fields {
-        let value = match value {
-            serde_json::Value::String(s) => AMQPValue::LongString(LongString::from(s)),
-            serde_json::Value::Bool(b) => AMQPValue::Boolean(b),
-            serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-                (Some(i), _) => AMQPValue::LongLongInt(i),
-                (None, Some(f)) => AMQPValue::Double(f),
-                _ => return Err(refuse(format!("{name}: {n} is out of range"))),
-            },
-            other => {
-                return Err(refuse(format!(
-                    "{name}: {other} is not a string, number or boolean"
-                )));
-            }
-        };
-        if name == "x-queue-type"
-            && matches!(&value, AMQPValue::LongString(t) if t.to_string() == "stream")
-        {
-            return Err(refuse(
-                "stream queues cannot work: their unacked deliveries are never returned".into(),
-            ));
-        }
-        table.insert(ShortString::from(name), value);
-    }
-    Ok(table)
-}
-
 fn is_not_found(error: &Error) -> bool {
     matches!(error, Error::Amqp { source, .. }
         if matches!(source.kind(), ErrorKind::ProtocolError(e)
@@ -147,35 +106,5 @@ async fn open(connection: &Connection) -> Result<Channel> {
 async fn close(channel: Channel) {
     if let Err(e) = channel.close(200, "done".into()).await {
         tracing::debug!(error = %e, "closing a channel");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queue_arguments_are_typed_and_streams_refused() {
-        let table = queue_arguments(Some(
-            r#"{"x-queue-type":"quorum","x-delivery-limit":5,"x-single-active-consumer":false}"#,
-        ))
-        .unwrap();
-        let inner = table.inner();
-        assert_eq!(
-            inner.get("x-queue-type"),
-            Some(&AMQPValue::LongString("quorum".into()))
-        );
-        assert_eq!(
-            inner.get("x-delivery-limit"),
-            Some(&AMQPValue::LongLongInt(5))
-        );
-        assert_eq!(
-            inner.get("x-single-active-consumer"),
-            Some(&AMQPValue::Boolean(false))
-        );
-        assert!(queue_arguments(None).unwrap().inner().is_empty());
-        for bad in ["[1]", "{\"a\":[1]}", "nope", r#"{"x-queue-type":"stream"}"#] {
-            assert!(queue_arguments(Some(bad)).is_err(), "{bad}");
-        }
     }
 }

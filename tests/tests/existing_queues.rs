@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 async fn create_queue(env: &TestEnv, arguments: &str) {
     let connection = env.amqp().await.unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let table = sluice_dispatcher::amqp::queue_arguments(Some(arguments)).unwrap();
+    let table = sluice_dispatcher::config::broker::queue_arguments(Some(arguments)).unwrap();
     channel
         .queue_declare(
             env.queue.as_str().into(),

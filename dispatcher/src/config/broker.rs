@@ -1,6 +1,7 @@
 //! Where messages come from: the RabbitMQ connection and its TLS files, the work queue (and
 //! the arguments it is declared with when it does not exist) and the largest body staged.
 
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde::Deserialize;
 use sluice_contract::runner_env as defaults;
 use sluice_contract::tls::TlsFiles;
@@ -55,5 +56,76 @@ mod d {
     }
     pub fn max_message_bytes() -> usize {
         defaults::DEFAULT_MAX_MESSAGE_BYTES
+    }
+}
+
+/// `QUEUE_ARGUMENTS` as the field table RabbitMQ takes: a JSON object of strings, integers,
+/// booleans and numbers. Stream queues are refused: their deliveries are never returned, so
+/// an unacked batch would be skipped rather than redelivered.
+pub fn queue_arguments(json: Option<&str>) -> Result<FieldTable, String> {
+    let mut table = FieldTable::default();
+    let Some(json) = json.filter(|j| !j.trim().is_empty()) else {
+        return Ok(table);
+    };
+    let refuse = |why: String| format!("QUEUE_ARGUMENTS {json}: {why}");
+    let serde_json::Value::Object(fields) =
+        serde_json::from_str(json).map_err(|e| refuse(format!("not JSON: {e}")))?
+    else {
+        return Err(refuse("must be a JSON object".into()));
+    };
+    for (name, value) in fields {
+        let value = match value {
+            serde_json::Value::String(s) => AMQPValue::LongString(LongString::from(s)),
+            serde_json::Value::Bool(b) => AMQPValue::Boolean(b),
+            serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => AMQPValue::LongLongInt(i),
+                (None, Some(f)) => AMQPValue::Double(f),
+                _ => return Err(refuse(format!("{name}: {n} is out of range"))),
+            },
+            other => {
+                return Err(refuse(format!(
+                    "{name}: {other} is not a string, number or boolean"
+                )));
+            }
+        };
+        if name == "x-queue-type"
+            && matches!(&value, AMQPValue::LongString(t) if t.to_string() == "stream")
+        {
+            return Err(refuse(
+                "stream queues cannot work: their unacked deliveries are never returned".into(),
+            ));
+        }
+        table.insert(ShortString::from(name), value);
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_arguments_are_typed_and_streams_refused() {
+        let table = queue_arguments(Some(
+            r#"{"x-queue-type":"quorum","x-delivery-limit":5,"x-single-active-consumer":false}"#,
+        ))
+        .unwrap();
+        let inner = table.inner();
+        assert_eq!(
+            inner.get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(
+            inner.get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(5))
+        );
+        assert_eq!(
+            inner.get("x-single-active-consumer"),
+            Some(&AMQPValue::Boolean(false))
+        );
+        assert!(queue_arguments(None).unwrap().inner().is_empty());
+        for bad in ["[1]", "{\"a\":[1]}", "nope", r#"{"x-queue-type":"stream"}"#] {
+            assert!(queue_arguments(Some(bad)).is_err(), "{bad}");
+        }
     }
 }

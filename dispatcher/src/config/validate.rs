@@ -39,7 +39,7 @@ fn broker(config: &Config) -> Result<(), String> {
             ));
         }
     }
-    crate::amqp::queue_arguments(broker.queue_arguments.as_deref()).map(drop)
+    super::broker::queue_arguments(broker.queue_arguments.as_deref()).map(drop)
 }
 
 fn limits(config: &Config) -> Result<(), String> {
