@@ -182,7 +182,7 @@ async fn take_lease(
 impl Dispatcher {
     /// Consumes until shutdown, reconnecting with backoff whenever RabbitMQ or Redis fails.
     /// The schedule starts over once a session is up, so a failure after a good session waits
-    /// the shortest delay again. An error no retry can cure (a stream queue) ends it.
+    /// the shortest delay again. Only a stream queue, which no retry can cure, ends it.
     async fn consume(&self, shutdown: &CancellationToken) -> Result<()> {
         let mut backoff = RECONNECT.backoff();
         while !shutdown.is_cancelled() {
@@ -209,7 +209,9 @@ impl Dispatcher {
             }
             if let Err(e) = outcome {
                 self.metrics.error(e.metric_label());
-                if !e.is_transient() {
+                // Only a stream queue ends it: any other failure (a Redis error the driver
+                // calls final, a refused declare) may be fixed while we wait.
+                if matches!(e, Error::StreamQueue { .. }) {
                     tracing::error!(error = %e, "cannot consume; stopping");
                     return Err(e);
                 }
