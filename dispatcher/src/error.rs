@@ -166,6 +166,16 @@ impl Error {
         }
     }
 
+    /// Wraps an error from connecting `client` to Redis: the TLS line naming its server when
+    /// TLS failed.
+    pub fn redis_connect(client: &redis::Client) -> impl FnOnce(redis::RedisError) -> Self + use<> {
+        Self::or_tls(
+            sluice_contract::tls::Service::Redis,
+            sluice_contract::tls::redis_host(client),
+            Self::redis("connecting"),
+        )
+    }
+
     /// Wraps a Kubernetes client error with what was being done.
     pub fn kube(context: &'static str) -> impl FnOnce(kube::Error) -> Self {
         move |source| Self::Kube { context, source }

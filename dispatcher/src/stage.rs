@@ -47,17 +47,13 @@ impl Stager {
 
     /// Connects to Redis once; a TLS failure is one line naming the server.
     pub async fn open(client: redis::Client, keys: Keys, ttl_seconds: u64) -> Result<Self> {
-        let host = sluice_contract::tls::redis_host(&client);
+        let failed = Error::redis_connect(&client);
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)));
         let con = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(Error::or_tls(
-                sluice_contract::tls::Service::Redis,
-                host,
-                Error::redis("connecting"),
-            ))?;
+            .map_err(failed)?;
         Ok(Self {
             con,
             keys,

@@ -67,15 +67,10 @@ const REDIS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 async fn read_redis(config: &Config) -> std::result::Result<Stored, String> {
     let read = async {
         let client = config.redis.client()?;
-        let host = sluice_contract::tls::redis_host(&client);
         let mut con = client
             .get_multiplexed_async_connection()
             .await
-            .map_err(Error::or_tls(
-                sluice_contract::tls::Service::Redis,
-                host,
-                Error::redis("connecting"),
-            ))?;
+            .map_err(Error::redis_connect(&client))?;
         stored(&mut con, &Keys::new(&config.redis.key_prefix)).await
     };
     match tokio::time::timeout(REDIS_WAIT, read).await {

@@ -72,18 +72,11 @@ pub type ResultHash = HashMap<String, String>;
 impl TestEnv {
     /// A fresh environment named after the test; fails if a service is unreachable.
     pub async fn new(test: &str) -> Result<Self> {
-        let tag = uuid::Uuid::now_v7().simple().to_string();
-        let env = Self {
-            queue: format!("test-{test}-{}", &tag[20..]),
-            prefix: format!("test-{test}-{}", &tag[20..]),
-            amqp_url: std::env::var("AMQP_URL")
-                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
-            redis_url: std::env::var("REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into()),
-            extra: Vec::new(),
-        };
-        env.check_services().await?;
-        Ok(env)
+        let amqp_url = std::env::var("AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        let redis_url =
+            std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+        Self::on(test, &amqp_url, &redis_url, &[]).await
     }
 
     /// A fresh environment on other servers: `amqp_url` and `redis_url`, with `extra`
@@ -94,26 +87,19 @@ impl TestEnv {
         redis_url: &str,
         extra: &[(&str, &str)],
     ) -> Result<Self> {
-        let mut env = Self::unchecked(test);
-        env.amqp_url = amqp_url.to_owned();
-        env.redis_url = redis_url.to_owned();
-        env.extra = extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        env.check_services().await?;
-        Ok(env)
-    }
-
-    fn unchecked(test: &str) -> Self {
         let tag = uuid::Uuid::now_v7().simple().to_string();
-        Self {
+        let env = Self {
             queue: format!("test-{test}-{}", &tag[20..]),
             prefix: format!("test-{test}-{}", &tag[20..]),
-            amqp_url: String::new(),
-            redis_url: String::new(),
-            extra: Vec::new(),
-        }
+            amqp_url: amqp_url.to_owned(),
+            redis_url: redis_url.to_owned(),
+            extra: extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        env.check_services().await?;
+        Ok(env)
     }
 
     /// A connection to this environment's broker, as the dispatcher makes it.

@@ -12,14 +12,19 @@ use tokio_util::sync::CancellationToken;
 
 /// Declares the test's queue the way its owner would, with `arguments` (JSON).
 async fn create_queue(env: &TestEnv, arguments: &str) {
+    let table = sluice_dispatcher::config::broker::queue_arguments(Some(arguments)).unwrap();
+    declare(env, table).await;
+}
+
+/// Declares the test's queue durable with `arguments`, as a client of its own.
+async fn declare(env: &TestEnv, arguments: lapin::types::FieldTable) {
     let connection = env.amqp().await.unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let table = sluice_dispatcher::config::broker::queue_arguments(Some(arguments)).unwrap();
     channel
         .queue_declare(
             env.queue.as_str().into(),
             QueueDeclareOptions::durable(),
-            table,
+            arguments,
         )
         .await
         .unwrap();
@@ -155,22 +160,12 @@ async fn a_stream_queue_is_refused_in_one_line_and_nothing_is_taken_from_it() {
     use lapin::types::{AMQPValue, FieldTable};
     require_binaries().unwrap();
     let env = TestEnv::new("stream").await.unwrap();
-    let connection = env.amqp().await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("stream".into()),
     );
-    channel
-        .queue_declare(
-            env.queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            arguments,
-        )
-        .await
-        .unwrap();
-    connection.close(200, "created".into()).await.unwrap();
+    declare(&env, arguments).await;
     let metrics = std::sync::Arc::new(sluice_dispatcher::metrics::Metrics::new());
     let stop = CancellationToken::new();
     let dispatcher = sluice_tests::spawn_dispatcher_with(

@@ -32,12 +32,17 @@ impl Service {
         }
     }
 
-    fn var(self, file: &str) -> String {
-        let prefix = match self {
+    /// The prefix of its variables: `AMQP` (`AMQP_URL`, `AMQP_CA_FILE`, …) or `REDIS`.
+    pub fn prefix(self) -> &'static str {
+        match self {
             Self::Rabbitmq => "AMQP",
             Self::Redis => "REDIS",
-        };
-        format!("{prefix}_{file}_FILE")
+        }
+    }
+
+    /// The variable of one of its TLS files: `CA`, `CERT` or `KEY`.
+    pub fn var(self, file: &str) -> String {
+        format!("{}_{file}_FILE", self.prefix())
     }
 }
 
@@ -86,6 +91,22 @@ impl TlsFiles {
     /// Whether any file is set.
     pub fn is_set(&self) -> bool {
         self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// The files that are set, as the variables for `service` that name them (to hand them on
+    /// to another process).
+    pub fn vars(&self, service: Service) -> Vec<(String, String)> {
+        [
+            ("CA", &self.ca_file),
+            ("CERT", &self.cert_file),
+            ("KEY", &self.key_file),
+        ]
+        .into_iter()
+        .filter_map(|(file, path)| {
+            path.as_ref()
+                .map(|p| (service.var(file), p.display().to_string()))
+        })
+        .collect()
     }
 
     /// Reads the files for `service`, checking that each holds PEM and that a certificate

@@ -29,13 +29,12 @@ fn broker(config: &Config) -> Result<(), String> {
     ] {
         files.load(service).map_err(|e| e.to_string())?;
         if files.is_set() && !url.starts_with(scheme) {
-            let var = if service == Service::Rabbitmq {
-                "AMQP"
-            } else {
-                "REDIS"
-            };
             return Err(format!(
-                "{var}_CA_FILE, {var}_CERT_FILE and {var}_KEY_FILE are TLS settings: {var}_URL must start with {scheme}"
+                "{}, {} and {} are TLS settings: {}_URL must start with {scheme}",
+                service.var("CA"),
+                service.var("CERT"),
+                service.var("KEY"),
+                service.prefix()
             ));
         }
     }

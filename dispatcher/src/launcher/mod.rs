@@ -52,16 +52,12 @@ fn local_from_config(config: &Config, abandon: CancellationToken) -> Result<loca
         })
         .collect();
     // Local runners read the same TLS files; in a cluster the Job template mounts them.
-    let tls = &config.redis;
-    for (var, file) in [
-        ("REDIS_CA_FILE", &tls.redis_ca_file),
-        ("REDIS_CERT_FILE", &tls.redis_cert_file),
-        ("REDIS_KEY_FILE", &tls.redis_key_file),
-    ] {
-        if let Some(path) = file {
-            pass_through.push((var.to_owned(), path.display().to_string()));
-        }
-    }
+    pass_through.extend(
+        config
+            .redis
+            .tls()
+            .vars(sluice_contract::tls::Service::Redis),
+    );
     // Exec kernels' commands are looked up on PATH, as in an image whose PATH the runtime sets.
     if let Some(path) = std::env::var_os("PATH") {
         pass_through.push(("PATH".to_owned(), path.to_string_lossy().into_owned()));

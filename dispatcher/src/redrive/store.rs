@@ -87,15 +87,10 @@ impl Store {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)));
-        let host = sluice_contract::tls::redis_host(&client);
         let con = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(Error::or_tls(
-                sluice_contract::tls::Service::Redis,
-                host,
-                Error::redis("connecting"),
-            ))?;
+            .map_err(Error::redis_connect(&client))?;
         Ok(Self { con, keys })
     }
 
