@@ -27,19 +27,10 @@ pub struct Stager {
 }
 
 impl Stager {
-    /// Connects to Redis, retrying while it is unreachable for up to a minute.
+    /// Connects to Redis, retrying while it is unreachable for up to a minute (tools and
+    /// tests; the service retries [`Stager::open`] itself, with readiness kept up to date).
     pub async fn connect(client: redis::Client, keys: Keys, ttl_seconds: u64) -> Result<Self> {
-        Self::connect_within(client, keys, ttl_seconds, Some(REDIS_BUDGET)).await
-    }
-
-    /// Connects to Redis, retrying for up to `budget` (`None`: until it answers).
-    pub async fn connect_within(
-        client: redis::Client,
-        keys: Keys,
-        ttl_seconds: u64,
-        budget: Option<Duration>,
-    ) -> Result<Self> {
-        with_backoff("connecting to redis", budget, || {
+        with_backoff("connecting to redis", Some(REDIS_BUDGET), || {
             Self::open(client.clone(), keys.clone(), ttl_seconds)
         })
         .await
