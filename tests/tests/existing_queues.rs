@@ -80,8 +80,13 @@ async fn a_classic_queue_with_dead_letter_and_max_length_arguments_is_drained() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_queue_is_declared_with_queue_arguments() {
     require_binaries().unwrap();
-    let env = TestEnv::new("declared").await.unwrap();
-    drain(&env, &[("QUEUE_ARGUMENTS", r#"{"x-queue-type":"quorum"}"#)]).await;
+    let mut env = TestEnv::new("declared").await.unwrap();
+    // Producers and the dispatcher alike: whichever connects first declares it, the same way.
+    env.extra.push((
+        "QUEUE_ARGUMENTS".to_owned(),
+        r#"{"x-queue-type":"quorum"}"#.to_owned(),
+    ));
+    drain(&env, &[]).await;
     let queues = rabbitmqctl(&["list_queues", "-q", "name", "type"]);
     let line = queues
         .lines()
