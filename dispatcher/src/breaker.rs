@@ -3,12 +3,13 @@
 //! Each Job that could not do its work (an outage, see [`crate::settle`]) is retried whole
 //! after a delay that doubles with each outage in a row, with jitter. After
 //! `OUTAGE_THRESHOLD` outages in a row the breaker **opens**: no Job is launched and the
-//! consumer takes no deliveries (messages wait in RabbitMQ), `/readyz` answers 503 with the
+//! consumer parks what it holds and takes no more deliveries (messages wait in RabbitMQ), `/readyz` answers 503 with the
 //! reason, `sluice_runner_healthy` is 0 and one line is logged. While open, one Job at a time
 //! is let through as a probe, the probes spaced by the same growing delay. The first Job whose
 //! runner reaches its work closes the breaker again: fixing the cause is all a user does.
 //!
-//! [`Breaker::admit`] is the gate every launch passes; [`Breaker::outage`] and
+//! [`Breaker::try_admit`] is the gate every launch of a staged batch passes (fresh batches
+//! are parked while it is open); [`Breaker::outage`] and
 //! [`Breaker::healthy`] are what outcomes report.
 
 use crate::config::Outages;
@@ -87,45 +88,9 @@ impl Breaker {
         matches!(self.lock().mode, Mode::Open { .. })
     }
 
-    /// Waits until a Job may be launched: at once while closed; while open, until this launch
-    /// may be the one probe. `false` once `stop` is cancelled.
-    pub async fn admit(&self, stop: &CancellationToken) -> bool {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the state is read, so a change in between is not missed.
-            changed.as_mut().enable();
-            let wake_at = {
-                let mut state = self.lock();
-                match &mut state.mode {
-                    Mode::Closed => return true,
-                    Mode::Open { probe_at, probing }
-                        if !*probing && *probe_at <= Instant::now() =>
-                    {
-                        *probing = true;
-                        tracing::info!("launching one job to probe whether runners work again");
-                        return true;
-                    }
-                    Mode::Open { probe_at, probing } => (!*probing).then_some(*probe_at),
-                }
-            };
-            let timer = async {
-                match wake_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = stop.cancelled() => return false,
-                () = &mut changed => {}
-                () = timer => {}
-            }
-        }
-    }
-
-    /// Whether a Job may be launched now, without waiting: always while closed; while open,
-    /// when this launch may be the one probe (it is then counted as out). The reconciler asks
-    /// this for staged batches and looks again at [`Breaker::next_probe`].
+    /// Whether a Job may be launched now: always while closed; while open, when this launch
+    /// may be the one probe (it is then counted as out). The reconciler asks this for staged
+    /// batches and looks again at [`Breaker::next_probe`].
     pub fn try_admit(&self) -> bool {
         let mut state = self.lock();
         match &mut state.mode {
@@ -172,7 +137,7 @@ impl Breaker {
     }
 
     /// A Job could not do its work because of `reason`; returns how long to wait before its
-    /// batch is launched again (while open, [`Breaker::admit`] does the waiting), and whether
+    /// batch is launched again (while open, [`Breaker::next_probe`] says when), and whether
     /// the breaker is open now (so the caller records why).
     pub fn outage(&self, reason: &str) -> (Duration, bool) {
         self.metrics.outages.inc();
@@ -244,6 +209,14 @@ mod tests {
         Breaker::new(&settings, Arc::new(Metrics::new()))
     }
 
+    /// Waits for the probe slot, as the reconciler's passes do.
+    async fn probe(b: &Breaker) {
+        while !b.try_admit() {
+            let at = b.next_probe().expect("a probe is due");
+            tokio::time::sleep_until(at).await;
+        }
+    }
+
     #[tokio::test]
     async fn opens_after_the_threshold_probes_one_at_a_time_and_closes_on_health() {
         let b = breaker(2);
@@ -254,13 +227,14 @@ mod tests {
         assert_eq!(b.outage("exit code 69"), (Duration::ZERO, true));
         assert!(b.is_open());
         assert!(b.metrics.health().is_blocked(health::RUNNER));
-        assert!(b.admit(&stop).await, "the probe goes after the delay");
-        let second = tokio::time::timeout(Duration::from_millis(200), b.admit(&stop)).await;
-        assert!(second.is_err(), "no second launch while the probe is out");
+        assert!(!b.try_admit(), "no probe before its delay");
+        probe(&b).await;
+        assert!(!b.try_admit(), "no second launch while the probe is out");
+        assert_eq!(b.next_probe(), None, "nothing due while the probe is out");
         assert!(b.healthy(), "it was open");
         assert!(!b.is_open());
         assert!(!b.metrics.health().is_blocked(health::RUNNER));
-        assert!(b.admit(&stop).await);
+        assert!(b.try_admit());
         assert!(b.closed(&stop).await);
     }
 
@@ -269,11 +243,16 @@ mod tests {
         let b = breaker(1);
         let stop = CancellationToken::new();
         b.outage("ErrImagePull");
-        assert!(b.admit(&stop).await);
+        probe(&b).await;
         b.outage("ErrImagePull");
         assert!(b.is_open());
-        assert!(b.admit(&stop).await, "the next probe, after the delay");
+        probe(&b).await;
+        b.probe_not_launched();
+        assert!(
+            b.try_admit(),
+            "a probe that was not launched frees the slot"
+        );
         stop.cancel();
-        assert!(!b.admit(&stop).await, "stopping ends a wait");
+        assert!(!b.closed(&stop).await, "stopping ends a wait");
     }
 }

@@ -1,16 +1,24 @@
 //! The RabbitMQ side: one connection and channel with manual acks and a bounded prefetch.
 //!
 //! The prefetch is what keeps a burst in RabbitMQ: the broker sends at most `prefetch`
-//! unacked deliveries, and the dispatcher acks a batch only once its Job is launched.
+//! unacked deliveries, and the dispatcher acks a batch only once its Job is launched (or the
+//! batch is parked in Redis, see [`crate::release`]).
 
 use crate::amqp::{connect, ensure_queue, inspect_queue};
 use crate::batcher::Weighed;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use crate::reconcile::FreshBatch;
+use crate::steps::Redeliveries;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use sluice_contract::StagedMessage;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The consumer tag: one consumer per channel, so a constant names it.
+const TAG: &str = "sluice-dispatcher";
 
 /// A live consumer's connection and channel; its deliveries come as a separate stream.
 pub struct Consumer {
@@ -32,6 +40,8 @@ pub struct Pending {
     pub delivery_count: u64,
     /// It came from a stream queue (an `x-stream-offset` header), which sluice cannot consume.
     pub from_stream: bool,
+    /// When it arrived: from then on it waits unacked.
+    pub received: Instant,
 }
 
 impl Pending {
@@ -60,6 +70,50 @@ impl Pending {
             redelivered: delivery.redelivered,
             delivery_count,
             from_stream,
+            received: Instant::now(),
+        }
+    }
+}
+
+/// A closed batch of deliveries, as staging needs it.
+#[derive(Debug)]
+pub struct Cut {
+    /// The batch id (a `UUIDv7`: time-ordered).
+    pub id: String,
+    /// Its messages' staged frames.
+    pub frames: Vec<Vec<u8>>,
+    /// What the broker said of its deliveries.
+    pub history: Redeliveries,
+    /// Its last delivery's tag, which acks the whole batch.
+    pub last_tag: u64,
+    /// When its first (oldest) delivery arrived.
+    pub first_received: Instant,
+}
+
+impl Cut {
+    /// Cuts `batch` (in delivery order, not empty) into what staging needs.
+    pub fn new(batch: Vec<Pending>) -> Self {
+        let first_received = batch.first().map_or_else(Instant::now, |p| p.received);
+        let history = Redeliveries {
+            redelivered: batch.iter().filter(|p| p.redelivered).count(),
+            max_delivery_count: batch.iter().map(|p| p.delivery_count).max().unwrap_or(0),
+        };
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            last_tag: batch.last().map_or(0, |p| p.tag),
+            frames: batch.into_iter().map(|p| p.frame).collect(),
+            history,
+            first_received,
+        }
+    }
+
+    /// The batch for the reconciler, its deliveries held at most `unacked_max` in all.
+    pub fn fresh(&self, unacked_max: Duration) -> FreshBatch<'_> {
+        FreshBatch {
+            id: &self.id,
+            frames: &self.frames,
+            history: self.history,
+            hold_until: self.first_received + unacked_max,
         }
     }
 }
@@ -102,7 +156,7 @@ impl Consumer {
         let stream = channel
             .basic_consume(
                 config.broker.queue.as_str().into(),
-                "sluice-dispatcher".into(),
+                TAG.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -126,6 +180,15 @@ impl Consumer {
             .map_err(Error::amqp("acking a batch"))
     }
 
+    /// Stops the broker sending deliveries (`basic.cancel` returns none of those already
+    /// sent: they still come on the stream, which then ends).
+    pub async fn cancel(&self) -> Result<()> {
+        self.channel
+            .basic_cancel(TAG.into(), BasicCancelOptions::default())
+            .await
+            .map_err(Error::amqp("cancelling the consumer"))
+    }
+
     /// Messages ready in `queue`, for adaptive sizing.
     pub async fn depth(&self, queue: &str) -> Result<u32> {
         Ok(inspect_queue(&self.channel, queue).await?.message_count())
@@ -140,5 +203,44 @@ impl Consumer {
         {
             tracing::debug!(error = %e, "closing the rabbitmq connection");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(tag: u64, redelivered: bool, delivery_count: u64, received: Instant) -> Pending {
+        Pending {
+            tag,
+            frame: vec![0; 3],
+            redelivered,
+            delivery_count,
+            from_stream: false,
+            received,
+        }
+    }
+
+    #[test]
+    fn a_cut_acks_through_its_last_tag_and_is_held_from_its_oldest_delivery() {
+        let first = Instant::now();
+        let later = first + Duration::from_secs(1);
+        let cut = Cut::new(vec![
+            pending(7, false, 0, first),
+            pending(8, true, 3, later),
+            pending(9, true, 1, later),
+        ]);
+        assert_eq!(cut.last_tag, 9);
+        assert_eq!(cut.frames.len(), 3);
+        assert_eq!(
+            cut.history,
+            Redeliveries {
+                redelivered: 2,
+                max_delivery_count: 3
+            }
+        );
+        let fresh = cut.fresh(Duration::from_secs(180));
+        assert_eq!(fresh.hold_until, first + Duration::from_secs(180));
+        assert_eq!(fresh.id, cut.id);
     }
 }

@@ -21,6 +21,8 @@
 //!   the poison message, which is dead-lettered once it fails alone).
 //! - [`breaker`]: backoff for outages; after several in a row, holds launches and consumption
 //!   back and probes with one Job at a time until runners work again.
+//! - [`release`]: pausing or stopping holds nothing: the deliveries held are parked in Redis
+//!   and acked, never returned to the broker.
 //! - [`serve`]: the consume loop tying these together, graceful shutdown.
 //!
 //! Around them: [`config`] (environment), [`error`], [`health`] (readiness with reasons),
@@ -46,6 +48,7 @@ pub mod publish;
 pub mod reason;
 pub mod reconcile;
 pub mod redrive;
+pub mod release;
 pub mod retry;
 pub mod serve;
 pub mod settle;

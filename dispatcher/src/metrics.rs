@@ -48,6 +48,8 @@ pub struct Metrics {
     pub adopted: Counter,
     /// Compare-and-set steps another dispatcher (or an earlier decision) had already taken.
     pub stale_steps: Counter,
+    /// Batches parked in Redis with no owner instead of holding their deliveries unacked.
+    pub parked: Counter,
     health: Arc<Health>,
 }
 
@@ -69,6 +71,7 @@ impl Metrics {
             redis_up: Gauge::default(),
             adopted: Counter::default(),
             stale_steps: Counter::default(),
+            parked: Counter::default(),
             health: Arc::default(),
             registry: Registry::default(),
         };
@@ -124,6 +127,11 @@ impl Metrics {
             "stale_steps",
             "Batch steps not applied because the batch had changed since the decision (another dispatcher took it)",
             m.stale_steps.clone(),
+        );
+        registry.register(
+            "batches_parked",
+            "Batches staged with no owner and acked instead of waiting unacked (every slot busy past UNACKED_MAX_SECONDS, a pause, a shutdown)",
+            m.parked.clone(),
         );
         m.runner_healthy.set(1);
         m.redis_up.set(1);

@@ -1,19 +1,22 @@
 //! `dispatcher serve`: consume, batch, stage, launch, ack; record outcomes; stop gracefully;
-//! pause consumption while the circuit breaker holds launches back.
+//! pause consumption while the circuit breaker holds launches back or every slot stays busy.
 //!
 //! The order per batch is what makes the hand-off safe: the batch is staged in Redis only once
 //! a slot under the in-flight cap (shared by every dispatcher) is free, so a burst waits in
 //! RabbitMQ; then its Job is launched, and only then are its deliveries acked. A crash at any
-//! point before the ack leaves the messages in RabbitMQ.
+//! point before the ack leaves the messages in RabbitMQ. No delivery waits unacked longer
+//! than `UNACKED_MAX_SECONDS`: past that, or when the breaker opens or the dispatcher stops,
+//! what it holds is parked in Redis and acked ([`release`]) and consumption pauses.
 
 use crate::backlog::Backlog;
 use crate::batcher::{Batcher, Limits, Next};
 use crate::config::Config;
-use crate::consumer::{Consumer, Pending};
+use crate::consumer::{Consumer, Cut, Pending};
 use crate::error::{Error, Result};
 use crate::failpoint::Failpoint;
 use crate::metrics::Metrics;
 use crate::reconcile::{Fresh, Reconciler, lease};
+use crate::release::release;
 use crate::sizer::{BatchMode, Sizer};
 use crate::stage::Stager;
 use crate::{health, launcher};
@@ -179,6 +182,18 @@ async fn take_lease(
     }
 }
 
+/// Why a consumer session ended without an error.
+#[derive(Debug)]
+enum Ended {
+    /// Shutdown: what it held is parked.
+    Shutdown,
+    /// The breaker opened: what it held is parked; consume again once it closes.
+    Unhealthy,
+    /// Every slot stayed busy for `UNACKED_MAX_SECONDS`: what it held is parked; consume
+    /// again once these batches have slots.
+    Parked(Vec<String>),
+}
+
 impl Dispatcher {
     /// Consumes until shutdown, reconnecting with backoff whenever RabbitMQ or Redis fails.
     /// The schedule starts over once a session is up, so a failure after a good session waits
@@ -198,44 +213,58 @@ impl Dispatcher {
                 }
                 Err(e) => Err(e),
             };
-            let reason = match &outcome {
-                Ok(()) if shutdown.is_cancelled() => "shutting down".to_owned(),
-                Ok(()) => "paused while runners are unhealthy (see runner)".to_owned(),
-                Err(e) => format!("consumer stopped: {e}"),
+            let resumed = match outcome {
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::Unhealthy) => {
+                    let reason = "paused while runners are unhealthy (see runner)";
+                    self.metrics.health().block(health::CONSUMER, reason);
+                    self.reconciler.breaker().closed(shutdown).await
+                }
+                Ok(Ended::Parked(parked)) => {
+                    // Busy, not broken: readiness stays as it is.
+                    tracing::info!(
+                        parked = parked.len(),
+                        "every job slot stayed busy: paused until the parked batches have slots"
+                    );
+                    self.reconciler.until_launched(&parked, shutdown).await
+                }
+                Err(e) => {
+                    self.metrics
+                        .health()
+                        .block(health::CONSUMER, format!("consumer stopped: {e}"));
+                    self.metrics.error(e.metric_label());
+                    // Only a stream queue ends it: any other failure (a Redis error the driver
+                    // calls final, a refused declare) may be fixed while we wait.
+                    if matches!(e, Error::StreamQueue { .. }) {
+                        tracing::error!(error = %e, "cannot consume; stopping");
+                        return Err(e);
+                    }
+                    // RECONNECT has neither budget nor retry limit: its schedule never runs out.
+                    let delay = backoff.next_delay().unwrap_or(RECONNECT.max_delay());
+                    tracing::warn!(error = %e, ?delay, "consumer stopped; reconnecting");
+                    tokio::select! {
+                        // Shutdown cuts the wait short; a timer holds nothing: dropping it is safe.
+                        () = shutdown.cancelled() => false,
+                        () = tokio::time::sleep(delay) => true,
+                    }
+                }
             };
-            self.metrics.health().block(health::CONSUMER, reason);
-            if outcome.is_ok() && !self.reconciler.breaker().closed(shutdown).await {
+            if !resumed {
                 break;
-            }
-            if let Err(e) = outcome {
-                self.metrics.error(e.metric_label());
-                // Only a stream queue ends it: any other failure (a Redis error the driver
-                // calls final, a refused declare) may be fixed while we wait.
-                if matches!(e, Error::StreamQueue { .. }) {
-                    tracing::error!(error = %e, "cannot consume; stopping");
-                    return Err(e);
-                }
-                // RECONNECT has neither budget nor retry limit: its schedule never runs out.
-                let delay = backoff.next_delay().unwrap_or(RECONNECT.max_delay());
-                tracing::warn!(error = %e, ?delay, "consumer stopped; reconnecting");
-                tokio::select! {
-                    // Shutdown cuts the wait short; a timer holds nothing, so dropping it is safe.
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(delay) => {}
-                }
             }
         }
         Ok(())
     }
 
-    /// One connection's life: batches until shutdown or failure. Unacked deliveries (a batch
-    /// being filled, or one whose launch failed) go back to the queue when the connection closes.
+    /// One connection's life: batches until shutdown, a pause or a failure. A pause or a
+    /// shutdown parks what is held ([`release`]); after a failure, unacked deliveries (a batch
+    /// being filled, or one whose launch failed) go back to the queue as the connection closes.
     async fn consume_session(
         &self,
         consumer: Consumer,
         stream: lapin::Consumer,
         shutdown: &CancellationToken,
-    ) -> Result<()> {
+    ) -> Result<Ended> {
         let max_bytes = self.config.broker.max_message_bytes;
         let limits = Limits {
             max_messages: usize::from(self.config.batching.batch_max_messages),
@@ -245,11 +274,10 @@ impl Dispatcher {
         let mut batcher = Batcher::new(limits);
         let mut deliveries = Backlog::new(stream.map(|d| d.map(|d| Pending::new(d, max_bytes))));
         let breaker = self.reconciler.breaker();
-        let result = loop {
+        let ended = loop {
             if breaker.is_open() {
-                // Deliveries not yet staged go back to the queue as the session closes.
                 tracing::info!("pausing consumption while runners are unhealthy");
-                break Ok(());
+                break Ok(Ended::Unhealthy);
             }
             if batcher.is_empty() && self.config.batching.batch_mode == BatchMode::Adaptive {
                 // The backlog: what the broker still holds plus what it already pushed to us.
@@ -262,7 +290,7 @@ impl Dispatcher {
                 }
             }
             let next = tokio::select! {
-                () = shutdown.cancelled() => break Ok(()),
+                () = shutdown.cancelled() => break Ok(Ended::Shutdown),
                 () = breaker.until_open(true) => continue,
                 // Cancellation-safe: received items stay in the batcher.
                 next = batcher.next_batch(&mut deliveries) => next,
@@ -281,49 +309,58 @@ impl Dispatcher {
                     queue: self.config.broker.queue.clone(),
                 });
             }
-            if !breaker.admit(shutdown).await {
-                break Ok(());
-            }
-            match self.dispatch(&consumer, batch, shutdown).await {
-                Ok(Fresh::Launched) => {}
-                Ok(Fresh::Stopped) => break Ok(()),
+            match self.dispatch(&consumer, Cut::new(batch), shutdown).await {
+                Ok((_, Fresh::Launched)) => {}
+                Ok((_, Fresh::Parked)) if shutdown.is_cancelled() => break Ok(Ended::Shutdown),
+                Ok((_, Fresh::Parked)) if breaker.is_open() => break Ok(Ended::Unhealthy),
+                Ok((id, Fresh::Parked)) => break Ok(Ended::Parked(vec![id])),
                 Err(e) => break Err(e),
             }
         };
+        let ended = match ended {
+            Ok(ended) => {
+                let (reconciler, config) = (&self.reconciler, &self.config);
+                let released =
+                    release(&consumer, batcher, &mut deliveries, reconciler, config).await;
+                released.map(|more| match ended {
+                    Ended::Parked(mut parked) => {
+                        parked.extend(more);
+                        Ended::Parked(parked)
+                    }
+                    other => other,
+                })
+            }
+            Err(e) => Err(e),
+        };
         consumer.close().await;
-        result
+        ended
     }
 
-    /// Stages a closed batch once a slot under the cap is free, launches its Job and acks
-    /// its deliveries.
-    #[tracing::instrument(skip_all, fields(batch, size = batch.len()))]
+    /// Stages a closed batch once a slot under the cap is free and launches its Job, or parks
+    /// it (the breaker is open, its deliveries may wait no longer, or the dispatcher stops);
+    /// then acks its deliveries. Returns the batch id and which it was.
+    #[tracing::instrument(skip_all, fields(batch = %cut.id, size = cut.frames.len()))]
     async fn dispatch(
         &self,
         consumer: &Consumer,
-        batch: Vec<Pending>,
+        cut: Cut,
         shutdown: &CancellationToken,
-    ) -> Result<Fresh> {
-        let batch_id = uuid::Uuid::now_v7().to_string();
-        tracing::Span::current().record("batch", batch_id.as_str());
-        let last_tag = batch.last().map_or(0, |p| p.tag);
-        let size = batch.len() as u64;
-        let history = crate::steps::Redeliveries {
-            redelivered: batch.iter().filter(|p| p.redelivered).count(),
-            max_delivery_count: batch.iter().map(|p| p.delivery_count).max().unwrap_or(0),
+    ) -> Result<(String, Fresh)> {
+        let size = cut.frames.len() as u64;
+        let fresh = cut.fresh(self.config.batching.unacked_max());
+        let placed = if self.reconciler.breaker().is_open() {
+            self.reconciler.park(&fresh).await?
+        } else {
+            self.reconciler
+                .launch_fresh(&fresh, &self.failpoint, shutdown)
+                .await?
         };
-        let frames: Vec<Vec<u8>> = batch.into_iter().map(|p| p.frame).collect();
-        let launched = self
-            .reconciler
-            .launch_fresh(&batch_id, &frames, history, &self.failpoint, shutdown)
-            .await?;
-        drop(frames);
-        if launched == Fresh::Stopped {
-            return Ok(launched);
-        }
+        // Staged: the frames' copy here is no longer needed while the ack goes out.
+        let Cut { id, last_tag, .. } = cut;
         self.failpoint.hit("before-ack");
         consumer.ack_through(last_tag).await?;
         self.failpoint.hit("after-ack");
         self.metrics.messages.inc_by(size);
-        Ok(launched)
+        Ok((id, placed))
     }
 }

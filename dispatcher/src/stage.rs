@@ -191,20 +191,20 @@ impl Stager {
         .await
     }
 
-    /// Stages a fresh batch as launched (`running`, owned by `owner`) if fewer than `cap`
-    /// batches are in flight across every dispatcher; [`Applied::Full`] otherwise.
-    pub async fn stage_running(
+    /// Stages a fresh batch: launched (`running`, owned by the dispatcher) if fewer than
+    /// the cap are in flight across every dispatcher, [`Applied::Full`] otherwise; or parked
+    /// (`staged`, no owner) for whichever dispatcher has a slot first.
+    pub async fn stage_fresh(
         &self,
         batch_id: &str,
         frames: &[Vec<u8>],
-        owner: &str,
-        cap: usize,
+        placement: steps::Placement<'_>,
         history: steps::Redeliveries,
     ) -> Result<Applied> {
         // The step is dropped once its call is built: the frames' copies in flight stay the
         // three the memory bound counts (README, "Sizing").
         let invocation =
-            steps::stage_running(&self.keys, batch_id, frames, owner, cap, history).invocation();
+            steps::stage_fresh(&self.keys, batch_id, frames, placement, history).invocation();
         self.invoke(&invocation, "staging a batch").await
     }
 

@@ -91,7 +91,6 @@ fn hset(step: &mut Step, key: &str, fields: &[(&str, &str)]) {
     step.command(args);
 }
 
-/// A fresh batch, staged as launched by `owner`, if fewer than `cap` are in flight.
 /// What the broker said of a fresh batch's deliveries, recorded on the batch: how many were
 /// redelivered, and the highest `x-delivery-count` (quorum queues count returns against
 /// their `x-delivery-limit`).
@@ -103,39 +102,59 @@ pub struct Redeliveries {
     pub max_delivery_count: u64,
 }
 
-/// Stages a fresh batch as running under `owner`, if the shared cap has room.
-pub fn stage_running(
+/// Where a fresh batch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement<'a> {
+    /// Launched by `owner` now, if fewer than `cap` batches are in flight.
+    Running {
+        /// The dispatcher launching it.
+        owner: &'a str,
+        /// The shared in-flight cap.
+        cap: usize,
+    },
+    /// Parked: staged with no owner, for whichever dispatcher has a slot first (its
+    /// deliveries could not wait unacked any longer, or the dispatcher is pausing).
+    Parked,
+}
+
+/// Stages a fresh batch (it must not exist yet) as `placement` says.
+pub fn stage_fresh(
     keys: &Keys,
     batch_id: &str,
     frames: &[Vec<u8>],
-    owner: &str,
-    cap: usize,
+    placement: Placement<'_>,
     history: Redeliveries,
 ) -> Step {
     let batch = keys.batch(batch_id);
-    let mut step = Step::new(batch.clone(), "").under_cap(keys.running_batches(), cap);
+    let mut step = Step::new(batch.clone(), "");
+    if let Placement::Running { cap, .. } = placement {
+        step = step.under_cap(keys.running_batches(), cap);
+    }
     push_frames(&mut step, &keys.batch_messages(batch_id), frames);
     let (size, now) = (frames.len().to_string(), unix_millis().to_string());
     let job = job::job_name(batch_id);
     let redelivered = history.redelivered.to_string();
     let delivery_count = history.max_delivery_count.to_string();
-    hset(
-        &mut step,
-        &batch,
-        &[
-            ("state", BatchState::Running.as_str()),
-            ("gen", "1"),
-            ("owner", owner),
-            ("size", &size),
-            ("job", &job),
-            ("created_at", &now),
-            ("redelivered", &redelivered),
-            ("delivery_count_max", &delivery_count),
-        ],
-    );
-    step.command(["SADD", &keys.open_batches(), batch_id])
-        .command(["SADD", &keys.running_batches(), batch_id])
-        .command(["HINCRBY", &keys.stats(), "received", &size])
+    let mut fields = vec![
+        ("gen", "1"),
+        ("size", &size),
+        ("job", &job),
+        ("created_at", &now),
+        ("redelivered", &redelivered),
+        ("delivery_count_max", &delivery_count),
+    ];
+    match placement {
+        Placement::Running { owner, .. } => {
+            fields.extend([("state", BatchState::Running.as_str()), ("owner", owner)]);
+        }
+        Placement::Parked => fields.push(("state", BatchState::Staged.as_str())),
+    }
+    hset(&mut step, &batch, &fields);
+    step.command(["SADD", &keys.open_batches(), batch_id]);
+    if matches!(placement, Placement::Running { .. }) {
+        step.command(["SADD", &keys.running_batches(), batch_id]);
+    }
+    step.command(["HINCRBY", &keys.stats(), "received", &size])
         .command(["HINCRBY", &keys.stats(), "batches", "1"]);
     step
 }

@@ -1,5 +1,5 @@
 //! How deliveries become batches and how many Jobs run at once: batch size (fixed or adaptive),
-//! bytes, linger, and the in-flight cap.
+//! bytes, linger, the in-flight cap, and how long deliveries may wait unacked.
 
 use serde::Deserialize;
 
@@ -28,6 +28,18 @@ pub struct Batching {
     /// Most Jobs running at once; beyond that, messages wait in RabbitMQ.
     #[serde(default = "d::max_jobs_in_flight")]
     pub max_jobs_in_flight: usize,
+    /// The longest a delivery waits unacked in the dispatcher (for a slot under the cap, or
+    /// through a pause); then its batch is parked in Redis and acked, and consumption stops
+    /// until a slot frees. Keep it well below the broker's `consumer_timeout`.
+    #[serde(default = "d::unacked_max_seconds")]
+    pub unacked_max_seconds: f64,
+}
+
+impl Batching {
+    /// [`Batching::unacked_max_seconds`] as a duration (validated positive and finite).
+    pub fn unacked_max(&self) -> std::time::Duration {
+        std::time::Duration::try_from_secs_f64(self.unacked_max_seconds).unwrap_or_default()
+    }
 }
 
 /// Defaults, one function per variable (serde's `default = "…"` needs a path).
@@ -49,5 +61,9 @@ mod d {
     }
     pub fn max_jobs_in_flight() -> usize {
         4
+    }
+    /// A tenth of RabbitMQ's default `consumer_timeout` (30 minutes).
+    pub fn unacked_max_seconds() -> f64 {
+        180.0
     }
 }

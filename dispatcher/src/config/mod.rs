@@ -269,6 +269,7 @@ mod tests {
         assert_eq!(c.batching.batch_mode, crate::sizer::BatchMode::Adaptive);
         assert!((c.batching.target_job_seconds - 5.0).abs() < f64::EPSILON);
         assert_eq!(c.runner_threads(), 1);
+        assert_eq!(c.batching.unacked_max(), Duration::from_secs(180));
     }
 
     #[test]
@@ -296,6 +297,8 @@ mod tests {
             ("JOB_SLACK_SECONDS", "0"),
             ("JOB_WAIT_SECONDS", "30"),
             ("RUNNER_IMAGE", ""),
+            ("UNACKED_MAX_SECONDS", "0.1"),
+            ("UNACKED_MAX_SECONDS", "NaN"),
         ] {
             let error = config(&[(var, value)]).map(|_| ()).unwrap_err().to_string();
             assert!(error.contains(var), "{var}={value}: {error}");

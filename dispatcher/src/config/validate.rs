@@ -59,6 +59,10 @@ fn limits(config: &Config) -> Result<(), String> {
         "OUTAGE_RETRY_SECONDS and OUTAGE_RETRY_MAX_SECONDS must be numbers of seconds"
     } else if batching.max_jobs_in_flight == 0 {
         "MAX_JOBS_IN_FLIGHT must be at least 1"
+    } else if !(batching.unacked_max_seconds.is_finite()
+        && batching.unacked_max_seconds * 1000.0 > batching.batch_linger_ms as f64)
+    {
+        "UNACKED_MAX_SECONDS must be a number of seconds longer than BATCH_LINGER_MS"
     } else if !(config.replicas.lease_seconds.is_finite()
         && config.replicas.reconcile_seconds.is_finite()
         && config.replicas.lease_seconds > 0.0

@@ -19,24 +19,24 @@
 //! - [`apply`]: applying each step, and what follows a settled outcome (children launched
 //!   at once, the breaker, the sizer);
 //! - [`followed`]: the Jobs this dispatcher's launcher follows;
+//! - [`fresh`]: batches just cut from deliveries: launched in a slot, or parked;
 //! - [`lease`]: this dispatcher's lease, which is also the Redis health probe.
 
 pub mod apply;
 pub mod decide;
 pub mod followed;
+pub mod fresh;
 pub mod lease;
 
 use crate::breaker::Breaker;
-use crate::cas::Applied;
 use crate::config::Config;
-use crate::error::{Error, Result};
-use crate::failpoint::Failpoint;
-use crate::job;
+use crate::error::Error;
 use crate::launcher::{FailureKind, Launcher, Outcome, Running};
 use crate::metrics::Metrics;
 use crate::sizer::Sizer;
 use crate::stage::Stager;
 use followed::Followed;
+pub use fresh::{Fresh, FreshBatch};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -47,15 +47,6 @@ use tokio_util::task::TaskTracker;
 /// How often a consumer waiting for a slot under the cap looks again when no local event
 /// woke it (a slot another dispatcher freed).
 const SLOT_POLL: Duration = Duration::from_millis(200);
-
-/// What became of a fresh batch handed to [`Reconciler::launch_fresh`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fresh {
-    /// Staged and launched (or its launch refused for good, which is its outcome now): ack.
-    Launched,
-    /// The dispatcher is stopping; nothing was staged.
-    Stopped,
-}
 
 /// The reconciler and what it shares with the consumer; cheap to clone into tasks.
 #[derive(Clone)]
@@ -138,71 +129,6 @@ impl Reconciler {
     /// Batches launched so far (fresh, children, adopted).
     pub fn launched(&self) -> u64 {
         self.inner.launched.load(Ordering::Relaxed)
-    }
-
-    /// Stages a fresh batch (its deliveries not acked yet) as soon as a slot under the
-    /// cap is free, and launches its Job. A create refused for good becomes the batch's
-    /// outcome (an outage, retried whole); an `Err` means the batch is not staged (a
-    /// transient launch failure was undone, or Redis failed) and its deliveries must go back
-    /// to RabbitMQ.
-    pub async fn launch_fresh(
-        &self,
-        batch_id: &str,
-        frames: &[Vec<u8>],
-        history: crate::steps::Redeliveries,
-        failpoint: &Failpoint,
-        stop: &CancellationToken,
-    ) -> Result<Fresh> {
-        let inner = &self.inner;
-        let cap = inner.config.batching.max_jobs_in_flight;
-        failpoint.hit("before-stage");
-        loop {
-            let freed = inner.capacity.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            inner.followed.start(batch_id, "1");
-            let staged = inner
-                .stager
-                .stage_running(batch_id, frames, &inner.me, cap, history)
-                .await;
-            match staged {
-                Ok(Applied::Yes) => break,
-                Ok(Applied::Full) => inner.followed.stop(batch_id),
-                Ok(Applied::Stale) => {
-                    inner.followed.stop(batch_id);
-                    return Err(Error::InvalidConfig(format!(
-                        "batch {batch_id} exists already: two dispatchers share an id"
-                    )));
-                }
-                Err(e) => {
-                    inner.followed.stop(batch_id);
-                    return Err(e);
-                }
-            }
-            tokio::select! {
-                () = stop.cancelled() => return Ok(Fresh::Stopped),
-                () = &mut freed => {}
-                () = tokio::time::sleep(SLOT_POLL) => {}
-            }
-        }
-        failpoint.hit("before-launch");
-        let job = job::build(&inner.config, batch_id);
-        match inner.launcher.launch(&job).await {
-            Ok(running) => self.follow(batch_id, "1", running),
-            Err(e) if e.is_transient() => {
-                inner.followed.stop(batch_id);
-                inner.breaker.probe_not_launched();
-                // Its deliveries go back to RabbitMQ: drop the staged copy, so the
-                // redelivered messages are staged once.
-                inner.stager.discard(batch_id, frames.len()).await?;
-                inner.capacity.notify_waiters();
-                return Err(e);
-            }
-            Err(e) => self.refused(batch_id, "1", &e),
-        }
-        inner.launched.fetch_add(1, Ordering::Relaxed);
-        inner.metrics.launched.inc();
-        Ok(Fresh::Launched)
     }
 
     /// A create the API server refused for good (or did not take within its budget): the

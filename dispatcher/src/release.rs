@@ -1,0 +1,142 @@
+//! Letting go of every delivery the dispatcher holds without returning any to the broker.
+//!
+//! A returned delivery is not free: a quorum queue counts each return against its
+//! `x-delivery-limit` (RabbitMQ 3.10–4.2 count every return, a channel closing included), and
+//! RabbitMQ closes a channel whose oldest delivery waits unacked longer than
+//! `consumer_timeout`. So when the dispatcher pauses (the breaker opened, or every slot stayed
+//! busy for `UNACKED_MAX_SECONDS`) or stops, it cancels its consumer (`basic.cancel` returns
+//! nothing), takes in what the broker had already sent, **parks** it in Redis as batches with
+//! no owner and acks it. Whichever dispatcher has a slot first launches a parked batch. Only
+//! when Redis fails as well do deliveries go back to the queue, as the connection closes.
+
+use crate::batcher::Batcher;
+use crate::config::Config;
+use crate::consumer::{Consumer, Cut, Pending};
+use crate::error::{Error, Result};
+use crate::reconcile::Reconciler;
+use futures::{Stream, StreamExt};
+use std::time::Duration;
+use tokio::time::{Instant, timeout};
+
+/// How long the broker may take to fill the prefetch window, and the deliveries already sent
+/// to arrive after the cancel; whatever has not arrived by then goes back as the connection
+/// closes.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A pause with no delivery arriving: the queue has nothing more for this consumer now.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// The deliveries held, in delivery order: closed batches, then what the batcher holds.
+struct Held {
+    batcher: Batcher<Pending>,
+    closed: Vec<Vec<Pending>>,
+    /// Deliveries received and not acked (every earlier one is acked: batches are acked in
+    /// delivery order).
+    count: usize,
+}
+
+impl Held {
+    fn push(&mut self, delivery: Pending) {
+        self.count += 1;
+        self.closed
+            .extend(self.batcher.push(delivery, Instant::now()));
+    }
+
+    /// Takes in deliveries until `until_quiet` finds none for [`QUIET`], or `stream` ends;
+    /// `false` if the channel failed.
+    async fn take_in<S>(&mut self, stream: &mut S, prefetch: usize, until_quiet: bool) -> bool
+    where
+        S: Stream<Item = std::result::Result<Pending, lapin::Error>> + Unpin,
+    {
+        loop {
+            if until_quiet && self.count >= prefetch {
+                return true;
+            }
+            let next = if until_quiet {
+                match timeout(QUIET, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => return true,
+                }
+            } else {
+                stream.next().await
+            };
+            match next {
+                Some(Ok(delivery)) => self.push(delivery),
+                // An error: the channel is gone, nothing more can be acked on it.
+                Some(Err(_)) => return false,
+                None => return true,
+            }
+        }
+    }
+}
+
+/// Stops consuming, then parks and acks every delivery held: those in `batcher` and those
+/// still coming on `deliveries`. Returns the parked batches' ids.
+///
+/// The cancel must not race deliveries in flight: a delivery the broker sends after its
+/// `basic.cancel-ok` (one it sent for an ack just before the cancel, say) reaches no consumer
+/// in the client, stays unacked and goes back as the connection closes. So the prefetch
+/// window is filled first: with `prefetch` deliveries unacked the broker sends nothing more;
+/// with fewer, the queue had nothing more to send when it stayed quiet.
+pub async fn release<S>(
+    consumer: &Consumer,
+    batcher: Batcher<Pending>,
+    deliveries: &mut S,
+    reconciler: &Reconciler,
+    config: &Config,
+) -> Result<Vec<String>>
+where
+    S: Stream<Item = std::result::Result<Pending, lapin::Error>> + Unpin,
+{
+    let prefetch = usize::from(config.prefetch());
+    let mut held = Held {
+        count: batcher.len(),
+        batcher,
+        closed: Vec::new(),
+    };
+    let closed_channel = || Error::ConsumerClosed {
+        reason: "the channel failed while the consumer was pausing".into(),
+    };
+    match timeout(DRAIN, held.take_in(deliveries, prefetch, true)).await {
+        Ok(false) => return Err(closed_channel()),
+        Ok(true) => {}
+        Err(_) => tracing::warn!(after = ?DRAIN, "the broker kept sending while pausing"),
+    }
+    consumer.cancel().await?;
+    match timeout(DRAIN, held.take_in(deliveries, prefetch, false)).await {
+        Ok(false) => return Err(closed_channel()),
+        Ok(true) => {}
+        Err(_) => tracing::warn!(
+            after = ?DRAIN,
+            "deliveries still coming after the consumer was cancelled go back to the queue"
+        ),
+    }
+    let Held {
+        mut batcher,
+        mut closed,
+        ..
+    } = held;
+    while let Some(batch) = batcher.take() {
+        closed.push(batch);
+    }
+    let queue = &config.broker.queue;
+    let mut parked = Vec::with_capacity(closed.len());
+    for batch in closed {
+        if batch.iter().any(|p| p.from_stream) {
+            return Err(Error::StreamQueue {
+                queue: queue.to_owned(),
+            });
+        }
+        let cut = Cut::new(batch);
+        reconciler.park(&cut.fresh(Duration::ZERO)).await?;
+        consumer.ack_through(cut.last_tag).await?;
+        parked.push(cut.id);
+    }
+    if !parked.is_empty() {
+        tracing::info!(
+            batches = parked.len(),
+            "parked the deliveries held in redis for the first dispatcher with a slot"
+        );
+    }
+    Ok(parked)
+}
