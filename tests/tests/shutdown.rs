@@ -56,17 +56,25 @@ async fn sigterm_exits_zero_and_loses_nothing() {
         .unwrap();
     assert!(status.success(), "dispatcher exited with {status}");
 
-    // Everything acked was finished before exit; everything else is back in the queue.
+    // Everything acked was finished before exit or is parked in Redis (staged, no owner, for
+    // the next dispatcher); everything else is still in the queue, none of it returned.
     let done = env.stats().await.unwrap().get("ok").copied().unwrap_or(0);
     let waiting = u64::from(env.queue_depth().await.unwrap());
+    let parked: u64 = sluice_tests::outage::batches(&env)
+        .await
+        .iter()
+        .filter(|b| b["state"] == "staged")
+        .inspect(|b| assert!(!b.contains_key("owner"), "parked with no owner: {b:?}"))
+        .map(|b| b["size"].parse::<u64>().unwrap())
+        .sum();
     assert!(
         done < total as u64,
         "SIGTERM came too late to test anything"
     );
     assert_eq!(
-        done + waiting,
+        done + parked + waiting,
         total as u64,
-        "finished {done} + queued {waiting} must be all {total}"
+        "finished {done} + parked {parked} + queued {waiting} must be all {total}"
     );
 
     // A new dispatcher finishes the rest; each message ends with exactly one result.
@@ -79,5 +87,8 @@ async fn sigterm_exits_zero_and_loses_nothing() {
     dispatcher.await.unwrap().unwrap();
     assert_eq!(env.stream_len().await.unwrap(), total);
     assert_eq!(env.stats().await.unwrap()["ok"], total as u64);
+    for batch in sluice_tests::outage::batches(&env).await {
+        assert_eq!(batch["redelivered"], "0", "nothing went back: {batch:?}");
+    }
     env.cleanup().await.unwrap();
 }
