@@ -98,6 +98,12 @@ impl<T: Weighed> Batcher<T> {
         self.deadline
     }
 
+    /// Hands out a closed batch waiting behind the one [`Batcher::push`] returned, if any: it
+    /// must go before any batch a later push closes.
+    pub fn take_ready(&mut self) -> Option<Vec<T>> {
+        self.ready.take()
+    }
+
     /// Hands out the oldest closed batch, else closes the open one.
     pub fn take(&mut self) -> Option<Vec<T>> {
         self.ready.take().or_else(|| self.close_open())
@@ -207,6 +213,16 @@ mod tests {
         assert_eq!(b.take(), Some(vec![500]));
         assert_eq!(b.take(), Some(vec![1]));
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_batch_waiting_behind_the_returned_one_is_taken_before_later_ones() {
+        let mut b = Batcher::new(LIMITS);
+        let now = Instant::now();
+        assert_eq!(b.push(10, now), None);
+        assert_eq!(b.push(500, now), Some(vec![10]));
+        assert_eq!(b.take_ready(), Some(vec![500]));
+        assert_eq!(b.take_ready(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,7 +3,8 @@
 //! Each Job that could not do its work (an outage, see [`crate::settle`]) is retried whole
 //! after a delay that doubles with each outage in a row, with jitter. After
 //! `OUTAGE_THRESHOLD` outages in a row the breaker **opens**: no Job is launched and the
-//! consumer parks what it holds and takes no more deliveries (messages wait in RabbitMQ), `/readyz` answers 503 with the
+//! consumer parks what it holds (its prefetch window at most) and takes no more deliveries
+//! (messages wait in RabbitMQ), `/readyz` answers 503 with the
 //! reason, `sluice_runner_healthy` is 0 and one line is logged. While open, one Job at a time
 //! is let through as a probe, the probes spaced by the same growing delay. The first Job whose
 //! runner reaches its work closes the breaker again: fixing the cause is all a user does.

@@ -6,8 +6,9 @@
 //! `consumer_timeout`. So when the dispatcher pauses (the breaker opened, or every slot stayed
 //! busy for `UNACKED_MAX_SECONDS`) or stops, it cancels its consumer (`basic.cancel` returns
 //! nothing), takes in what the broker had already sent, **parks** it in Redis as batches with
-//! no owner and acks it. Whichever dispatcher has a slot first launches a parked batch. Only
-//! when Redis fails as well do deliveries go back to the queue, as the connection closes.
+//! no owner and acks it. Whichever dispatcher has a slot first launches a parked batch. If
+//! Redis or the channel fails meanwhile, what is not acked yet goes back to the queue as the
+//! connection closes.
 
 use crate::batcher::Batcher;
 use crate::config::Config;
@@ -36,10 +37,22 @@ struct Held {
 }
 
 impl Held {
+    /// Holds `batcher`'s deliveries, any closed batch it still has first.
+    fn new(mut batcher: Batcher<Pending>) -> Self {
+        let closed: Vec<_> = batcher.take_ready().into_iter().collect();
+        Self {
+            count: batcher.len() + closed.iter().map(Vec::len).sum::<usize>(),
+            batcher,
+            closed,
+        }
+    }
+
     fn push(&mut self, delivery: Pending) {
         self.count += 1;
+        // In delivery order: the batch a push returns, then one it left waiting behind it.
         self.closed
             .extend(self.batcher.push(delivery, Instant::now()));
+        self.closed.extend(self.batcher.take_ready());
     }
 
     /// Takes in deliveries until `until_quiet` finds none for [`QUIET`], or `stream` ends;
@@ -89,11 +102,7 @@ where
     S: Stream<Item = std::result::Result<Pending, lapin::Error>> + Unpin,
 {
     let prefetch = usize::from(config.prefetch());
-    let mut held = Held {
-        count: batcher.len(),
-        batcher,
-        closed: Vec::new(),
-    };
+    let mut held = Held::new(batcher);
     let closed_channel = || Error::ConsumerClosed {
         reason: "the channel failed while the consumer was pausing".into(),
     };
@@ -102,7 +111,11 @@ where
         Ok(true) => {}
         Err(_) => tracing::warn!(after = ?DRAIN, "the broker kept sending while pausing"),
     }
-    consumer.cancel().await?;
+    timeout(DRAIN, consumer.cancel())
+        .await
+        .map_err(|_| Error::ConsumerClosed {
+            reason: format!("no basic.cancel-ok within {DRAIN:?}"),
+        })??;
     match timeout(DRAIN, held.take_in(deliveries, prefetch, false)).await {
         Ok(false) => return Err(closed_channel()),
         Ok(true) => {}

@@ -1,12 +1,13 @@
 //! `dispatcher serve`: consume, batch, stage, launch, ack; record outcomes; stop gracefully;
 //! pause consumption while the circuit breaker holds launches back or every slot stays busy.
 //!
-//! The order per batch is what makes the hand-off safe: the batch is staged in Redis only once
-//! a slot under the in-flight cap (shared by every dispatcher) is free, so a burst waits in
-//! RabbitMQ; then its Job is launched, and only then are its deliveries acked. A crash at any
-//! point before the ack leaves the messages in RabbitMQ. No delivery waits unacked longer
-//! than `UNACKED_MAX_SECONDS`: past that, or when the breaker opens or the dispatcher stops,
-//! what it holds is parked in Redis and acked ([`release`]) and consumption pauses.
+//! The order per batch is what makes the hand-off safe: the batch is staged in Redis as
+//! running once a slot under the in-flight cap (shared by every dispatcher) is free, so a
+//! burst waits in RabbitMQ; then its Job is launched, and only then are its deliveries acked.
+//! A crash at any point before the ack leaves the messages in RabbitMQ. No delivery waits
+//! unacked for a slot longer than `UNACKED_MAX_SECONDS` from its arrival: past that, or when
+//! the breaker opens or the dispatcher stops, what it holds is parked in Redis (staged with no
+//! owner, no slot taken) and acked ([`release`]), and consumption pauses.
 
 use crate::backlog::Backlog;
 use crate::batcher::{Batcher, Limits, Next};
@@ -201,6 +202,13 @@ impl Dispatcher {
     async fn consume(&self, shutdown: &CancellationToken) -> Result<()> {
         let mut backoff = RECONNECT.backoff();
         while !shutdown.is_cancelled() {
+            if self.reconciler.breaker().is_open() {
+                let reason = "paused while runners are unhealthy (see runner)";
+                self.metrics.health().block(health::CONSUMER, reason);
+                if !self.reconciler.breaker().closed(shutdown).await {
+                    break;
+                }
+            }
             let session = tokio::select! {
                 () = shutdown.cancelled() => break,
                 consumer = Consumer::start(&self.config) => consumer,
@@ -215,11 +223,8 @@ impl Dispatcher {
             };
             let resumed = match outcome {
                 Ok(Ended::Shutdown) => break,
-                Ok(Ended::Unhealthy) => {
-                    let reason = "paused while runners are unhealthy (see runner)";
-                    self.metrics.health().block(health::CONSUMER, reason);
-                    self.reconciler.breaker().closed(shutdown).await
-                }
+                // The loop's top waits for the breaker to close.
+                Ok(Ended::Unhealthy) => true,
                 Ok(Ended::Parked(parked)) => {
                     // Busy, not broken: readiness stays as it is.
                     tracing::info!(
@@ -272,7 +277,19 @@ impl Dispatcher {
             linger: self.config.linger(),
         };
         let mut batcher = Batcher::new(limits);
-        let mut deliveries = Backlog::new(stream.map(|d| d.map(|d| Pending::new(d, max_bytes))));
+        // Deliveries are taken from the client as they arrive, so each one's hold counts from
+        // its arrival, not from when a batch gets to it.
+        let (arrived, pumped) = futures::channel::mpsc::unbounded();
+        let pump = tokio::spawn(async move {
+            let mut stream = stream;
+            while let Some(delivery) = stream.next().await {
+                let pending = delivery.map(|d| Pending::new(d, max_bytes));
+                if arrived.unbounded_send(pending).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut deliveries = Backlog::new(pumped);
         let breaker = self.reconciler.breaker();
         let ended = loop {
             if breaker.is_open() {
@@ -319,6 +336,10 @@ impl Dispatcher {
         };
         let ended = match ended {
             Ok(ended) => {
+                if matches!(ended, Ended::Shutdown) {
+                    // What is parked now waits for another dispatcher or the next start.
+                    self.reconciler.stop_taking_work();
+                }
                 let (reconciler, config) = (&self.reconciler, &self.config);
                 let released =
                     release(&consumer, batcher, &mut deliveries, reconciler, config).await;
@@ -333,6 +354,8 @@ impl Dispatcher {
             Err(e) => Err(e),
         };
         consumer.close().await;
+        // The stream ends with the connection; the pump holds nothing worth waiting for.
+        pump.abort();
         ended
     }
 

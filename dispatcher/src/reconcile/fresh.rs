@@ -45,8 +45,8 @@ fn shared_id(batch_id: &str) -> Error {
 
 impl Reconciler {
     /// Stages a fresh batch (its deliveries not acked yet) as soon as a slot under the
-    /// cap is free and launches its Job, or parks it when its hold runs out or `stop` comes
-    /// first. A create refused for good becomes the batch's outcome (an outage, retried
+    /// cap is free and launches its Job, or parks it when its hold runs out, the breaker
+    /// opens or `stop` comes first. A create refused for good becomes the batch's outcome (an outage, retried
     /// whole); an `Err` means the batch is not staged (a transient launch failure was undone,
     /// or Redis failed) and its deliveries must go back to RabbitMQ.
     pub async fn launch_fresh(
@@ -66,7 +66,6 @@ impl Reconciler {
             Ok(running) => self.follow(batch.id, "1", running),
             Err(e) if e.is_transient() => {
                 inner.followed.stop(batch.id);
-                inner.breaker.probe_not_launched();
                 // Its deliveries go back to RabbitMQ: drop the staged copy, so the
                 // redelivered messages are staged once.
                 inner.stager.discard(batch.id, batch.frames.len()).await?;
@@ -93,7 +92,10 @@ impl Reconciler {
             cap: inner.config.batching.max_jobs_in_flight,
         };
         loop {
-            if stop.is_cancelled() || tokio::time::Instant::now() >= batch.hold_until {
+            // The breaker may open while the batch waits: a fresh batch never goes out as a
+            // probe (the reconciler's staged batches do).
+            let late = tokio::time::Instant::now() >= batch.hold_until;
+            if stop.is_cancelled() || late || inner.breaker.is_open() {
                 return self.park(batch).await;
             }
             let freed = inner.capacity.notified();
@@ -121,6 +123,7 @@ impl Reconciler {
                 () = &mut freed => {}
                 () = tokio::time::sleep(SLOT_POLL) => {}
                 () = tokio::time::sleep_until(batch.hold_until) => {}
+                () = inner.breaker.until_open(true) => {}
             }
         }
     }

@@ -215,6 +215,11 @@ impl Reconciler {
         }
     }
 
+    /// From now on settles what it follows and launches or adopts nothing new (shutting down).
+    pub fn stop_taking_work(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+    }
+
     /// Lets followed Jobs finish within `grace` while they are still settled, then abandons
     /// the rest: a Job that outlives its dispatcher stays for whoever adopts it; a local
     /// runner, stopped with the dispatcher, has its batch staged again. Returns how many were
