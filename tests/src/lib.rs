@@ -304,11 +304,16 @@ impl TestEnv {
 
     /// Messages ready in the queue.
     pub async fn queue_depth(&self) -> Result<u32> {
+        Ok(self.queue_counts().await?.0)
+    }
+
+    /// Messages ready in the queue, and its consumers.
+    pub async fn queue_counts(&self) -> Result<(u32, u32)> {
         let connection = self.amqp().await?;
         let broker = self.config(&[])?.broker;
         let queue = sluice_dispatcher::amqp::ensure_queue(&connection, &broker).await?;
         connection.close(200, "read".into()).await?;
-        Ok(queue.message_count())
+        Ok((queue.message_count(), queue.consumer_count()))
     }
 
     /// Deletes this test's queue and keys, and nothing else.

@@ -50,6 +50,18 @@ async fn ok_count(env: &TestEnv) -> u64 {
     env.stats().await.unwrap().get("ok").copied().unwrap_or(0)
 }
 
+/// Waits until at least `n` results are `ok`, failing after [`SETTLE`].
+async fn until_ok(env: &TestEnv, n: u64) {
+    let deadline = std::time::Instant::now() + SETTLE;
+    while ok_count(env).await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {n} results within {SETTLE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatcher_sigkilled_at_each_dangerous_point_loses_and_duplicates_nothing() {
     require_binaries().unwrap();
@@ -156,9 +168,7 @@ async fn cut_twice(
     let stop = CancellationToken::new();
     let dispatcher = spawn_dispatcher(env.config(extra).unwrap(), stop.clone());
     for (after, down) in [(20, 4), (150, 3)] {
-        while ok_count(env).await < after {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_ok(env, after).await;
         proxy.cut(Duration::from_secs(down));
     }
     let figures = env.figures(ids, SETTLE).await.unwrap();
@@ -287,9 +297,7 @@ async fn sigterm_under_heavy_load_loses_and_duplicates_nothing() {
         .envs(extra)
         .spawn()
         .unwrap();
-    while ok_count(&env).await < 1_000 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_ok(&env, 1_000).await;
     let pid = child.id().unwrap().to_string();
     std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -319,6 +327,7 @@ async fn no_delivery_stays_unacked_while_its_job_runs() {
     // Four batches of five 1.5 s messages: each Job runs ~7.5 s on one thread.
     let (ids, messages) = sleepers("u", 20, 1_500);
     env.publish(&messages).await.unwrap();
+    let deadline = std::time::Instant::now() + SETTLE;
     while env
         .stats()
         .await
@@ -328,6 +337,7 @@ async fn no_delivery_stays_unacked_while_its_job_runs() {
         .unwrap_or(0)
         < 4
     {
+        assert!(std::time::Instant::now() < deadline, "4 batches staged");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;

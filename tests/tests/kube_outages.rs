@@ -160,7 +160,12 @@ async fn evicted_pods_are_replaced_without_a_retry_and_nothing_is_lost() {
     let stop = CancellationToken::new();
     let dispatcher = spawn_dispatcher(config, stop.clone());
     let mut evictions = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while evictions < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Job became active within 60 s"
+        );
         if fake.stats().peak_active > 0 {
             tokio::time::sleep(Duration::from_millis(700)).await;
             fake.evict_running_pods();
