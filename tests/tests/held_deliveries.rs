@@ -88,8 +88,6 @@ async fn a_breaker_cycle_on_a_quorum_queue_with_delivery_limit_1_returns_nothing
     let ids = publish_workload(&env).await;
     let (stop, metrics) = (CancellationToken::new(), Arc::new(Metrics::new()));
     let dispatcher = spawn_dispatcher_with(config.clone(), Arc::clone(&metrics), stop.clone());
-    // Held back means no consumer on the queue: what the dispatcher held is parked (a quorum
-    // queue's unacked count in `rabbitmqctl` lags by seconds; the consumer count does not).
     wait_until_held_back(
         name,
         &env,
@@ -98,6 +96,13 @@ async fn a_breaker_cycle_on_a_quorum_queue_with_delivery_limit_1_returns_nothing
         Duration::from_secs(120),
     )
     .await;
+    // Paused, it holds nothing: its consumer is gone and what it held is parked (a quorum
+    // queue's unacked count in `rabbitmqctl` lags by seconds; the consumer count does not).
+    assert_eq!(
+        env.queue_counts().await.unwrap().1,
+        0,
+        "no consumer while held back"
+    );
     assert!(metrics.parked.get() > 0, "what it held was parked");
     fix_and_check(name, &env, &config, &ids, || {
         std::fs::remove_file(&flag).unwrap();
