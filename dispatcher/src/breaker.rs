@@ -45,6 +45,8 @@ struct State {
     delays: Backoff,
     /// The last outage's reason.
     reason: String,
+    /// Unix ms when it opened (0 while closed).
+    opened_at_ms: u64,
 }
 
 /// The breaker; shared by the launch paths and the consumer.
@@ -65,6 +67,7 @@ impl Breaker {
             in_a_row: 0,
             delays: policy.backoff(),
             reason: String::new(),
+            opened_at_ms: 0,
         };
         Self {
             state: Mutex::new(state),
@@ -103,6 +106,13 @@ impl Breaker {
             }
             Mode::Open { .. } => false,
         }
+    }
+
+    /// While open, the Unix ms it opened at: runner health another dispatcher records as
+    /// healthy after that closes this breaker too.
+    pub fn opened_at_ms(&self) -> Option<u64> {
+        let state = self.lock();
+        matches!(state.mode, Mode::Open { .. }).then_some(state.opened_at_ms)
     }
 
     /// When a probe may go next, while open and no probe is out.
@@ -156,6 +166,9 @@ impl Breaker {
                     probing: false,
                 };
             }
+        }
+        if opening {
+            state.opened_at_ms = sluice_contract::record::unix_millis();
         }
         drop(state);
         let why = format!("{in_a_row} jobs in a row could not do their work; last: {reason}");

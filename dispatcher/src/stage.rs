@@ -126,6 +126,21 @@ impl Stager {
         self.exec("recording runner health", &pipe).await
     }
 
+    /// When runners were last recorded healthy (by any dispatcher), if that is the record.
+    pub async fn runners_healthy_since(&self) -> Result<Option<u64>> {
+        let key = self.keys.runner_health();
+        let record: std::collections::HashMap<String, String> = self
+            .retry("reading runner health", move |mut con| {
+                let key = key.clone();
+                async move { con.hgetall(key).await }
+            })
+            .await?;
+        let healthy = record.get("state").map(String::as_str) == Some("healthy");
+        Ok(healthy
+            .then(|| record.get("since").and_then(|s| s.parse().ok()))
+            .flatten())
+    }
+
     /// Ids of batches staged but not closed.
     pub async fn open_batches(&self) -> Result<Vec<String>> {
         let key = self.keys.open_batches();

@@ -39,6 +39,7 @@ impl Reconciler {
                 return None;
             }
         };
+        self.share_runner_health().await;
         let wake = self.reconcile(&open).await;
         let open: HashSet<&String> = open.iter().collect();
         if let Ok(running) = stager.running_batches().await {
@@ -51,6 +52,24 @@ impl Reconciler {
             }
         }
         wake
+    }
+
+    /// Closes this dispatcher's open breaker when another dispatcher recorded runners healthy
+    /// since it opened: a replica with nothing left to probe with would otherwise stay paused
+    /// (and unready) after the cause is fixed.
+    async fn share_runner_health(&self) {
+        let breaker = &self.inner.breaker;
+        let Some(opened) = breaker.opened_at_ms() else {
+            return;
+        };
+        match self.inner.stager.runners_healthy_since().await {
+            // A second of slack for the clocks of two nodes.
+            Ok(Some(since)) if since + 1000 >= opened && breaker.healthy() => {
+                tracing::info!("another dispatcher's job reached its work: runners work again");
+            }
+            Ok(_) => {}
+            Err(e) => self.redis_failed(&e),
+        }
     }
 
     /// Decides and applies one step for each of `batches`; returns the earliest time one of
