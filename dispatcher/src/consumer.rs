@@ -91,20 +91,26 @@ pub struct Cut {
 }
 
 impl Cut {
-    /// Cuts `batch` (in delivery order, not empty) into what staging needs.
-    pub fn new(batch: Vec<Pending>) -> Self {
+    /// Cuts `batch` (in delivery order, not empty) into what staging needs; deliveries from
+    /// a stream `queue` are refused ([`Error::StreamQueue`]).
+    pub fn new(batch: Vec<Pending>, queue: &str) -> Result<Self> {
+        if batch.iter().any(|p| p.from_stream) {
+            return Err(Error::StreamQueue {
+                queue: queue.to_owned(),
+            });
+        }
         let first_received = batch.first().map_or_else(Instant::now, |p| p.received);
         let history = Redeliveries {
             redelivered: batch.iter().filter(|p| p.redelivered).count(),
             max_delivery_count: batch.iter().map(|p| p.delivery_count).max().unwrap_or(0),
         };
-        Self {
+        Ok(Self {
             id: uuid::Uuid::now_v7().to_string(),
             last_tag: batch.last().map_or(0, |p| p.tag),
             frames: batch.into_iter().map(|p| p.frame).collect(),
             history,
             first_received,
-        }
+        })
     }
 
     /// The batch for the reconciler, its deliveries held at most `unacked_max` in all.
@@ -225,11 +231,15 @@ mod tests {
     fn a_cut_acks_through_its_last_tag_and_is_held_from_its_oldest_delivery() {
         let first = Instant::now();
         let later = first + Duration::from_secs(1);
-        let cut = Cut::new(vec![
-            pending(7, false, 0, first),
-            pending(8, true, 3, later),
-            pending(9, true, 1, later),
-        ]);
+        let cut = Cut::new(
+            vec![
+                pending(7, false, 0, first),
+                pending(8, true, 3, later),
+                pending(9, true, 1, later),
+            ],
+            "jobs",
+        )
+        .unwrap();
         assert_eq!(cut.last_tag, 9);
         assert_eq!(cut.frames.len(), 3);
         assert_eq!(

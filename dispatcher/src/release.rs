@@ -31,53 +31,69 @@ const QUIET: Duration = Duration::from_millis(500);
 struct Held {
     batcher: Batcher<Pending>,
     closed: Vec<Vec<Pending>>,
-    /// Deliveries received and not acked (every earlier one is acked: batches are acked in
-    /// delivery order).
-    count: usize,
+}
+
+/// How far [`Held::take_in`] goes.
+#[derive(Clone, Copy)]
+enum Until {
+    /// The prefetch window is full (`prefetch` deliveries unacked: every earlier one is
+    /// acked, batches being acked in delivery order), or the queue stays quiet.
+    WindowFull(usize),
+    /// The stream ends (after the cancel).
+    End,
 }
 
 impl Held {
     /// Holds `batcher`'s deliveries, any closed batch it still has first.
     fn new(mut batcher: Batcher<Pending>) -> Self {
-        let closed: Vec<_> = batcher.take_ready().into_iter().collect();
-        Self {
-            count: batcher.len() + closed.iter().map(Vec::len).sum::<usize>(),
-            batcher,
-            closed,
-        }
+        let closed = batcher.take_ready().into_iter().collect();
+        Self { batcher, closed }
+    }
+
+    /// Deliveries held.
+    fn count(&self) -> usize {
+        self.batcher.len() + self.closed.iter().map(Vec::len).sum::<usize>()
     }
 
     fn push(&mut self, delivery: Pending) {
-        self.count += 1;
         // In delivery order: the batch a push returns, then one it left waiting behind it.
         self.closed
             .extend(self.batcher.push(delivery, Instant::now()));
         self.closed.extend(self.batcher.take_ready());
     }
 
-    /// Takes in deliveries until `until_quiet` finds none for [`QUIET`], or `stream` ends;
-    /// `false` if the channel failed.
-    async fn take_in<S>(&mut self, stream: &mut S, prefetch: usize, until_quiet: bool) -> bool
+    /// Takes in deliveries as far as `until`, for [`DRAIN`] at most (what has not arrived by
+    /// then goes back as the connection closes); an error if the channel failed.
+    async fn take_in<S>(&mut self, stream: &mut S, until: Until) -> Result<()>
     where
         S: Stream<Item = std::result::Result<Pending, lapin::Error>> + Unpin,
     {
-        loop {
-            if until_quiet && self.count >= prefetch {
-                return true;
-            }
-            let next = if until_quiet {
-                match timeout(QUIET, stream.next()).await {
-                    Ok(next) => next,
-                    Err(_) => return true,
+        let taking = async {
+            loop {
+                let next = match until {
+                    Until::WindowFull(prefetch) if self.count() >= prefetch => return true,
+                    Until::WindowFull(_) => match timeout(QUIET, stream.next()).await {
+                        Ok(next) => next,
+                        Err(_) => return true,
+                    },
+                    Until::End => stream.next().await,
+                };
+                match next {
+                    Some(Ok(delivery)) => self.push(delivery),
+                    // An error: the channel is gone, nothing more can be acked on it.
+                    Some(Err(_)) => return false,
+                    None => return true,
                 }
-            } else {
-                stream.next().await
-            };
-            match next {
-                Some(Ok(delivery)) => self.push(delivery),
-                // An error: the channel is gone, nothing more can be acked on it.
-                Some(Err(_)) => return false,
-                None => return true,
+            }
+        };
+        match timeout(DRAIN, taking).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::ConsumerClosed {
+                reason: "the channel failed while the consumer was pausing".into(),
+            }),
+            Err(_) => {
+                tracing::warn!(after = ?DRAIN, "deliveries still coming while pausing go back to the queue");
+                Ok(())
             }
         }
     }
@@ -101,46 +117,25 @@ pub async fn release<S>(
 where
     S: Stream<Item = std::result::Result<Pending, lapin::Error>> + Unpin,
 {
-    let prefetch = usize::from(config.prefetch());
     let mut held = Held::new(batcher);
-    let closed_channel = || Error::ConsumerClosed {
-        reason: "the channel failed while the consumer was pausing".into(),
-    };
-    match timeout(DRAIN, held.take_in(deliveries, prefetch, true)).await {
-        Ok(false) => return Err(closed_channel()),
-        Ok(true) => {}
-        Err(_) => tracing::warn!(after = ?DRAIN, "the broker kept sending while pausing"),
-    }
+    let window = Until::WindowFull(usize::from(config.prefetch()));
+    held.take_in(deliveries, window).await?;
     timeout(DRAIN, consumer.cancel())
         .await
         .map_err(|_| Error::ConsumerClosed {
             reason: format!("no basic.cancel-ok within {DRAIN:?}"),
         })??;
-    match timeout(DRAIN, held.take_in(deliveries, prefetch, false)).await {
-        Ok(false) => return Err(closed_channel()),
-        Ok(true) => {}
-        Err(_) => tracing::warn!(
-            after = ?DRAIN,
-            "deliveries still coming after the consumer was cancelled go back to the queue"
-        ),
-    }
+    held.take_in(deliveries, Until::End).await?;
     let Held {
         mut batcher,
         mut closed,
-        ..
     } = held;
     while let Some(batch) = batcher.take() {
         closed.push(batch);
     }
-    let queue = &config.broker.queue;
     let mut parked = Vec::with_capacity(closed.len());
     for batch in closed {
-        if batch.iter().any(|p| p.from_stream) {
-            return Err(Error::StreamQueue {
-                queue: queue.to_owned(),
-            });
-        }
-        let cut = Cut::new(batch);
+        let cut = Cut::new(batch, &config.broker.queue)?;
         reconciler.park(&cut.fresh(Duration::ZERO)).await?;
         consumer.ack_through(cut.last_tag).await?;
         parked.push(cut.id);

@@ -321,12 +321,11 @@ impl Dispatcher {
                 }
                 Next::Failed(reason) => break Err(Error::ConsumerClosed { reason }),
             };
-            if batch.iter().any(|p| p.from_stream) {
-                break Err(Error::StreamQueue {
-                    queue: self.config.broker.queue.clone(),
-                });
-            }
-            match self.dispatch(&consumer, Cut::new(batch), shutdown).await {
+            let cut = match Cut::new(batch, &self.config.broker.queue) {
+                Ok(cut) => cut,
+                Err(e) => break Err(e),
+            };
+            match self.dispatch(&consumer, cut, shutdown).await {
                 Ok((_, Fresh::Launched)) => {}
                 Ok((_, Fresh::Parked)) if shutdown.is_cancelled() => break Ok(Ended::Shutdown),
                 Ok((_, Fresh::Parked)) if breaker.is_open() => break Ok(Ended::Unhealthy),

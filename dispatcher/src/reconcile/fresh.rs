@@ -7,7 +7,7 @@ use crate::cas::Applied;
 use crate::error::{Error, Result};
 use crate::failpoint::Failpoint;
 use crate::job;
-use crate::steps::Placement;
+use crate::steps::{BatchView, Placement};
 use sluice_contract::BatchState;
 use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
@@ -153,12 +153,8 @@ impl Reconciler {
             freed.as_mut().enable();
             match self.inner.stager.views(parked).await {
                 Ok(views) => {
-                    let waiting = views.iter().flatten();
-                    if waiting
-                        .filter(|v| v.state == Some(BatchState::Staged))
-                        .count()
-                        == 0
-                    {
+                    let staged = |v: &BatchView| v.state == Some(BatchState::Staged);
+                    if !views.iter().flatten().any(staged) {
                         return true;
                     }
                 }
