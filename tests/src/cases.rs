@@ -8,6 +8,34 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
+/// `count` messages to the `echo` kernel, ids `{prefix}{i}`, each echoing its id; and the ids.
+pub fn echoes(prefix: &str, count: usize) -> (Vec<String>, Vec<Outgoing>) {
+    numbered(
+        prefix,
+        count,
+        |id| json!({"id": id, "kernel": "echo", "input": id}),
+    )
+}
+
+/// `count` messages to the `sleep` kernel of `ms` each, ids `{prefix}{i}`; and the ids.
+pub fn sleepers(prefix: &str, count: usize, ms: u64) -> (Vec<String>, Vec<Outgoing>) {
+    numbered(
+        prefix,
+        count,
+        |id| json!({"id": id, "kernel": "sleep", "input": {"ms": ms}}),
+    )
+}
+
+fn numbered(
+    prefix: &str,
+    count: usize,
+    envelope: impl Fn(&str) -> Value,
+) -> (Vec<String>, Vec<Outgoing>) {
+    let ids: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
+    let messages = ids.iter().map(|id| Outgoing::json(&envelope(id))).collect();
+    (ids, messages)
+}
+
 /// One message and its expected result.
 pub struct Case {
     /// The id its result is keyed by.

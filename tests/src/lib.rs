@@ -302,6 +302,29 @@ impl TestEnv {
             .await?)
     }
 
+    /// Declares this test's queue durable with `arguments` before sluice looks at it, as its
+    /// owner would, on a connection of its own.
+    pub async fn declare_queue(&self, arguments: lapin::types::FieldTable) -> Result<()> {
+        let connection = self.amqp().await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                lapin::options::QueueDeclareOptions::durable(),
+                arguments,
+            )
+            .await?;
+        connection.close(200, "created".into()).await?;
+        Ok(())
+    }
+
+    /// [`TestEnv::declare_queue`] with `arguments` as JSON, the way `QUEUE_ARGUMENTS` takes them.
+    pub async fn create_queue(&self, arguments: &str) -> Result<()> {
+        let table = sluice_dispatcher::config::broker::queue_arguments(Some(arguments))
+            .map_err(anyhow::Error::msg)?;
+        self.declare_queue(table).await
+    }
+
     /// Messages ready in the queue.
     pub async fn queue_depth(&self) -> Result<u32> {
         Ok(self.queue_counts().await?.0)

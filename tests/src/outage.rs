@@ -6,13 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use crate::guarantee::record;
-use crate::{Outgoing, TestEnv, spawn_dispatcher_with};
+use crate::{Outgoing, TestEnv, binary, spawn_dispatcher_with, write_script};
 use redis::AsyncCommands;
 use serde_json::json;
 use sluice_dispatcher::Config;
 use sluice_dispatcher::metrics::Metrics;
 use sluice_dispatcher::status;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -77,6 +78,27 @@ pub const SETTINGS: [(&str, &str); 8] = [
     ("OUTAGE_RETRY_MAX_SECONDS", "1"),
     ("REDIS_RETRY_SECONDS", "1"),
 ];
+
+/// A `RUNNER_BIN` that exits `code` while `flag` exists, else runs the real runner, with
+/// Redis at `redis_url`.
+pub fn runner_script(env: &TestEnv, flag: &Path, code: u8, redis_url: &str) -> PathBuf {
+    let script = std::env::temp_dir().join(format!("{}-runner.sh", env.prefix));
+    let text = format!(
+        "#!/bin/sh\n[ -e '{flag}' ] && exit {code}\nREDIS_URL='{redis_url}' exec '{runner}'\n",
+        flag = flag.display(),
+        runner = binary("runner").display()
+    );
+    write_script(&script, &text).unwrap();
+    script
+}
+
+/// The outage settings with `runner` as `RUNNER_BIN`.
+pub fn local_config(env: &TestEnv, runner: &Path) -> Config {
+    let runner = runner.display().to_string();
+    let mut vars = SETTINGS.to_vec();
+    vars.push(("RUNNER_BIN", &runner));
+    env.config(&vars).unwrap()
+}
 
 /// Runs the workload with `config` while every runner meets a fault, waits until the breaker
 /// holds launches back (and says so, with `expected` in its reason), removes the fault with

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::json;
+use sluice_tests::cases::echoes;
 use sluice_tests::guarantee::record;
 use sluice_tests::{Outgoing, TestEnv, require_binaries, spawn_dispatcher};
 use std::time::Duration;
@@ -42,11 +43,7 @@ async fn two_messages_with_the_same_id_in_one_batch_get_one_result() {
 async fn ten_thousand_messages_published_at_once_all_get_one_result() {
     require_binaries().unwrap();
     let env = TestEnv::new("flood").await.unwrap();
-    let ids: Vec<String> = (0..10_000).map(|i| format!("m{i}")).collect();
-    let messages: Vec<Outgoing> = ids
-        .iter()
-        .map(|id| Outgoing::json(&json!({"id": id, "kernel": "echo", "input": id})))
-        .collect();
+    let (ids, messages) = echoes("m", 10_000);
     env.publish(&messages).await.unwrap();
     let stop = CancellationToken::new();
     let dispatcher = spawn_dispatcher(

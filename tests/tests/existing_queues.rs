@@ -10,27 +10,6 @@ use std::process::Command;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Declares the test's queue the way its owner would, with `arguments` (JSON).
-async fn create_queue(env: &TestEnv, arguments: &str) {
-    let table = sluice_dispatcher::config::broker::queue_arguments(Some(arguments)).unwrap();
-    declare(env, table).await;
-}
-
-/// Declares the test's queue durable with `arguments`, as a client of its own.
-async fn declare(env: &TestEnv, arguments: lapin::types::FieldTable) {
-    let connection = env.amqp().await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            env.queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            arguments,
-        )
-        .await
-        .unwrap();
-    connection.close(200, "created".into()).await.unwrap();
-}
-
 fn rabbitmqctl(args: &[&str]) -> String {
     let out = Command::new("rabbitmqctl")
         .args(args)
@@ -58,7 +37,9 @@ async fn drain(env: &TestEnv, extra: &[(&str, &str)]) {
 async fn a_quorum_queue_that_exists_is_drained_as_it_is() {
     require_binaries().unwrap();
     let env = TestEnv::new("quorum").await.unwrap();
-    create_queue(&env, r#"{"x-queue-type":"quorum","x-delivery-limit":5}"#).await;
+    env.create_queue(r#"{"x-queue-type":"quorum","x-delivery-limit":5}"#)
+        .await
+        .unwrap();
     // QUEUE_ARGUMENTS only matter for a queue that is missing; these would not match.
     drain(&env, &[("QUEUE_ARGUMENTS", r#"{"x-max-length":3}"#)]).await;
     env.cleanup().await.unwrap();
@@ -68,11 +49,8 @@ async fn a_quorum_queue_that_exists_is_drained_as_it_is() {
 async fn a_classic_queue_with_dead_letter_and_max_length_arguments_is_drained() {
     require_binaries().unwrap();
     let env = TestEnv::new("dlx").await.unwrap();
-    create_queue(
-        &env,
-        r#"{"x-dead-letter-exchange":"amq.fanout","x-max-length":100000,"x-overflow":"reject-publish"}"#,
-    )
-    .await;
+    env.create_queue(r#"{"x-dead-letter-exchange":"amq.fanout","x-max-length":100000,"x-overflow":"reject-publish"}"#,
+    ).await.unwrap();
     drain(&env, &[]).await;
     env.cleanup().await.unwrap();
 }
@@ -100,7 +78,10 @@ async fn a_missing_queue_is_declared_with_queue_arguments() {
 async fn a_user_without_configure_permission_publishes_and_drains_an_existing_queue() {
     require_binaries().unwrap();
     let owner = TestEnv::new("least").await.unwrap();
-    create_queue(&owner, r#"{"x-queue-type":"quorum"}"#).await;
+    owner
+        .create_queue(r#"{"x-queue-type":"quorum"}"#)
+        .await
+        .unwrap();
     let user = format!("sluice-{}", owner.queue);
     rabbitmqctl(&["add_user", &user, "secret-of-the-test"]);
     rabbitmqctl(&["set_permissions", "-p", "/", &user, "^$", ".*", ".*"]);
@@ -170,7 +151,7 @@ async fn a_stream_queue_is_refused_in_one_line_and_nothing_is_taken_from_it() {
         "x-queue-type".into(),
         AMQPValue::LongString("stream".into()),
     );
-    declare(&env, arguments).await;
+    env.declare_queue(arguments).await.unwrap();
     let metrics = std::sync::Arc::new(sluice_dispatcher::metrics::Metrics::new());
     let stop = CancellationToken::new();
     let dispatcher = sluice_tests::spawn_dispatcher_with(
@@ -214,7 +195,9 @@ async fn redeliveries_and_the_quorum_delivery_count_are_recorded_on_the_batch() 
     use redis::AsyncCommands;
     require_binaries().unwrap();
     let env = TestEnv::new("redelivered").await.unwrap();
-    create_queue(&env, r#"{"x-queue-type":"quorum"}"#).await;
+    env.create_queue(r#"{"x-queue-type":"quorum"}"#)
+        .await
+        .unwrap();
     let ids: Vec<String> = (0..20).map(|i| format!("r-{i}")).collect();
     let messages: Vec<_> = ids
         .iter()

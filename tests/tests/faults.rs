@@ -8,6 +8,7 @@
 use serde_json::json;
 use sluice_contract::{Keys, StagedMessage};
 use sluice_dispatcher::stage::Stager;
+use sluice_tests::cases::sleepers;
 use sluice_tests::guarantee::{Figures, record};
 use sluice_tests::proxy::Proxy;
 use sluice_tests::{Outgoing, TestEnv, binary, require_binaries, spawn_dispatcher, write_script};
@@ -16,16 +17,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const SETTLE: Duration = Duration::from_secs(120);
-
-/// `count` sleep messages of `ms` each, ids `{prefix}{i}`.
-fn sleepers(prefix: &str, count: usize, ms: u64) -> (Vec<String>, Vec<Outgoing>) {
-    let ids: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
-    let messages = ids
-        .iter()
-        .map(|id| Outgoing::json(&json!({"id": id, "kernel": "sleep", "input": {"ms": ms}})))
-        .collect();
-    (ids, messages)
-}
 
 fn assert_guarantee(fault: &str, injected: usize, figures: &Figures) {
     record(fault, injected, figures);

@@ -5,14 +5,13 @@
 // A test fails by panicking: unwrap is the assertion.
 #![allow(clippy::unwrap_used)]
 
-use lapin::options::QueueDeclareOptions;
-use serde_json::json;
 use sluice_dispatcher::metrics::Metrics;
+use sluice_tests::cases::{echoes, sleepers};
 use sluice_tests::outage::{
-    SETTINGS, batches, fix_and_check, publish_workload, wait_until_held_back,
+    batches, fix_and_check, local_config, publish_workload, runner_script, wait_until_held_back,
 };
 use sluice_tests::servers::{Options, Servers};
-use sluice_tests::{Outgoing, TestEnv, binary, require_binaries, spawn_dispatcher_with};
+use sluice_tests::{TestEnv, require_binaries, spawn_dispatcher_with};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,36 +52,15 @@ async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool
 async fn a_breaker_cycle_on_a_quorum_queue_with_delivery_limit_1_returns_nothing() {
     require_binaries().unwrap();
     let env = TestEnv::new("held-quorum").await.unwrap();
-    let arguments = sluice_dispatcher::config::broker::queue_arguments(Some(
-        r#"{"x-queue-type":"quorum","x-delivery-limit":1}"#,
-    ))
-    .unwrap();
-    let connection = env.amqp().await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            env.queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            arguments,
-        )
+    env.create_queue(r#"{"x-queue-type":"quorum","x-delivery-limit":1}"#)
         .await
         .unwrap();
-    connection.close(200, "created".into()).await.unwrap();
 
     // Every runner exits 78 (an outage) until the flag is removed.
     let flag = std::env::temp_dir().join(format!("{}-broken", env.prefix));
     std::fs::write(&flag, "").unwrap();
-    let script = std::env::temp_dir().join(format!("{}-runner.sh", env.prefix));
-    let text = format!(
-        "#!/bin/sh\n[ -e '{}' ] && exit 78\nexec '{}'\n",
-        flag.display(),
-        binary("runner").display()
-    );
-    sluice_tests::write_script(&script, &text).unwrap();
-    let runner = script.display().to_string();
-    let mut vars = SETTINGS.to_vec();
-    vars.push(("RUNNER_BIN", &runner));
-    let config = env.config(&vars).unwrap();
+    let script = runner_script(&env, &flag, 78, &env.redis_url);
+    let config = local_config(&env, &script);
 
     let name = "breaker cycle on a quorum queue, x-delivery-limit 1";
     let ids = publish_workload(&env).await;
@@ -141,22 +119,14 @@ async fn every_slot_busy_past_the_consumer_timeout_redelivers_and_loses_nothing(
     let dispatcher = spawn_dispatcher_with(config, Arc::clone(&metrics), stop.clone());
 
     // One batch of five 15 s messages holds the only slot for 75 s on one thread.
-    let mut ids: Vec<String> = (0..5).map(|i| format!("long-{i}")).collect();
-    let long: Vec<Outgoing> = ids
-        .iter()
-        .map(|id| Outgoing::json(&json!({"id": id, "kernel": "sleep", "input": {"ms": 15_000}})))
-        .collect();
+    let (mut ids, long) = sleepers("long-", 5, 15_000);
     env.publish(&long).await.unwrap();
     let launched = Arc::clone(&metrics);
     wait_until("the long batch launched", Duration::from_secs(30), || {
         launched.launched.get() >= 1
     })
     .await;
-    let quick: Vec<String> = (0..20).map(|i| format!("quick-{i}")).collect();
-    let messages: Vec<Outgoing> = quick
-        .iter()
-        .map(|id| Outgoing::json(&json!({"id": id, "kernel": "echo", "input": id})))
-        .collect();
+    let (quick, messages) = echoes("quick-", 20);
     env.publish(&messages).await.unwrap();
     let parked = Arc::clone(&metrics);
     wait_until("a batch parked", Duration::from_secs(30), || {

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::json;
-use sluice_tests::cases::mixed;
+use sluice_tests::cases::{echoes, mixed};
 use sluice_tests::fake_kube::FakeKube;
 use sluice_tests::guarantee::record;
 use sluice_tests::{Outgoing, TestEnv, binary, require_binaries, spawn_dispatcher};
@@ -179,11 +179,7 @@ async fn api_server_errors_are_retried_and_nothing_is_lost() {
     );
     let stop = CancellationToken::new();
     let dispatcher = spawn_dispatcher(config, stop.clone());
-    let ids: Vec<String> = (0..200).map(|i| format!("f{i}")).collect();
-    let messages: Vec<Outgoing> = ids
-        .iter()
-        .map(|id| Outgoing::json(&json!({"id": id, "kernel": "echo", "input": id})))
-        .collect();
+    let (ids, messages) = echoes("f", 200);
     env.publish(&messages[..100]).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     fake.fail_for(429, Duration::from_secs(2));

@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::json;
-use sluice_tests::cases::mixed;
+use sluice_tests::cases::{mixed, sleepers};
 use sluice_tests::cluster::{Cluster, DISPATCHER_SA, NAMESPACE};
 use sluice_tests::outage::{SETTINGS, fix_and_check, publish_workload, wait_until_held_back};
 use sluice_tests::{Outgoing, TestEnv};
@@ -25,16 +25,6 @@ const POISON: Duration = Duration::from_secs(600);
 const OUTAGE: Duration = Duration::from_secs(300);
 /// The outage case's quota's name (teardown deletes it whatever happened).
 const QUOTA: &str = "sluice-test-no-room";
-
-/// `count` sleep messages of `ms` each, and their ids.
-fn sleepers(tag: &str, count: usize, ms: u64) -> (Vec<String>, Vec<Outgoing>) {
-    let ids: Vec<String> = (0..count).map(|i| format!("{tag}{i}")).collect();
-    let messages = ids
-        .iter()
-        .map(|id| Outgoing::json(&json!({"id": id, "kernel": "sleep", "input": {"ms": ms}})))
-        .collect();
-    (ids, messages)
-}
 
 /// Every id has exactly one result, `ok`, and one stream entry.
 async fn assert_each_ok_once(env: &TestEnv, ids: &[String]) {

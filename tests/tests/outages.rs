@@ -7,10 +7,10 @@
 // A test fails by panicking: unwrap is the assertion.
 #![allow(clippy::unwrap_used)]
 
-use sluice_tests::outage::{SETTINGS, outage_then_fix};
+use sluice_tests::outage::{local_config, outage_then_fix, runner_script};
 use sluice_tests::proxy::Proxy;
-use sluice_tests::{TestEnv, binary, require_binaries, write_script};
-use std::path::{Path, PathBuf};
+use sluice_tests::{TestEnv, require_binaries};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// What stops runners from working, and how it is removed.
@@ -29,27 +29,6 @@ impl Fault {
             Self::RedisUnreachable(proxy) => proxy.restore(),
         }
     }
-}
-
-/// A `RUNNER_BIN` that exits `code` while `flag` exists, else runs the real runner, with
-/// Redis at `redis_url`.
-fn runner_script(env: &TestEnv, flag: &Path, code: u8, redis_url: &str) -> PathBuf {
-    let script = std::env::temp_dir().join(format!("{}-runner.sh", env.prefix));
-    let text = format!(
-        "#!/bin/sh\n[ -e '{flag}' ] && exit {code}\nREDIS_URL='{redis_url}' exec '{runner}'\n",
-        flag = flag.display(),
-        runner = binary("runner").display()
-    );
-    write_script(&script, &text).unwrap();
-    script
-}
-
-/// The outage settings with `runner` as `RUNNER_BIN`.
-fn local_config(env: &TestEnv, runner: &Path) -> sluice_dispatcher::Config {
-    let runner = runner.display().to_string();
-    let mut vars = SETTINGS.to_vec();
-    vars.push(("RUNNER_BIN", &runner));
-    env.config(&vars).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
