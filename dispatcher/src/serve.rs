@@ -370,13 +370,11 @@ impl Dispatcher {
     ) -> Result<(String, Fresh)> {
         let size = cut.frames.len() as u64;
         let fresh = cut.fresh(self.config.batching.unacked_max());
-        let placed = if self.reconciler.breaker().is_open() {
-            self.reconciler.park(&fresh).await?
-        } else {
-            self.reconciler
-                .launch_fresh(&fresh, &self.failpoint, shutdown)
-                .await?
-        };
+        // Parked rather than launched when the breaker is open (launch_fresh decides).
+        let placed = self
+            .reconciler
+            .launch_fresh(&fresh, &self.failpoint, shutdown)
+            .await?;
         // Staged: the frames' copy here is no longer needed while the ack goes out.
         let Cut { id, last_tag, .. } = cut;
         self.failpoint.hit("before-ack");
