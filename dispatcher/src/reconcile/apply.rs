@@ -57,18 +57,23 @@ impl Reconciler {
     /// Closes this dispatcher's open breaker when another dispatcher recorded runners healthy
     /// since it opened: a replica with nothing left to probe with would otherwise stay paused
     /// (and unready) after the cause is fixed.
-    async fn share_runner_health(&self) {
+    /// Returns whether it closed it.
+    async fn share_runner_health(&self) -> bool {
         let breaker = &self.inner.breaker;
         let Some(opened) = breaker.opened_at_ms() else {
-            return;
+            return false;
         };
         match self.inner.stager.runners_healthy_since().await {
             // A second of slack for the clocks of two nodes.
             Ok(Some(since)) if since + 1000 >= opened && breaker.healthy() => {
                 tracing::info!("another dispatcher's job reached its work: runners work again");
+                true
             }
-            Ok(_) => {}
-            Err(e) => self.redis_failed(&e),
+            Ok(_) => false,
+            Err(e) => {
+                self.redis_failed(&e);
+                false
+            }
         }
     }
 
@@ -291,7 +296,9 @@ impl Reconciler {
                 inner.metrics.dead_letters.inc_by(dead as u64);
             }
             Settled::Retry { child, failure } => {
-                if opened {
+                // A probe launched before another dispatcher saw runners work again must not
+                // overwrite that newer record: it closes this breaker instead.
+                if opened && !self.share_runner_health().await {
                     inner
                         .stager
                         .record_runner_health(Some(&failure.reason))
