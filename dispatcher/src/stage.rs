@@ -18,6 +18,14 @@ use std::time::Duration;
 /// How long a Redis operation is retried before the caller sees the error.
 pub const REDIS_BUDGET: Duration = Duration::from_secs(60);
 
+/// Marks runners healthy unless the record already says so.
+static RUNNERS_WORK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('HGET', KEYS[1], 'state') ~= 'healthy' then \
+         redis.call('HSET', KEYS[1], 'state', 'healthy', 'reason', '', 'since', ARGV[1]) end",
+    )
+});
+
 /// Stages batches and records their lifecycle.
 #[derive(Clone)]
 pub struct Stager {
@@ -105,20 +113,29 @@ impl Stager {
         self.exec("discarding a batch", &pipe).await
     }
 
-    /// Records whether runners can do their work, for `dispatcher status`: `None` when they
-    /// can, else the last outage's reason.
+    /// Records whether runners can do their work, for `dispatcher status` and the other
+    /// dispatchers: `None` when they can (written only if the record says otherwise, so
+    /// `since` stays the time it changed and every Job that reaches its work may call it),
+    /// else the last outage's reason.
     pub async fn record_runner_health(&self, outage: Option<&str>) -> Result<()> {
-        let state = if outage.is_some() {
-            "unhealthy"
-        } else {
-            "healthy"
+        let Some(outage) = outage else {
+            let key = self.keys.runner_health();
+            let now = unix_millis().to_string();
+            return self
+                .retry("recording runner health", move |mut con| {
+                    let mut call = RUNNERS_WORK.prepare_invoke();
+                    call.key(&key).arg(&now);
+                    async move { call.invoke_async(&mut con).await }
+                })
+                .await;
         };
+        let state = "unhealthy";
         let mut pipe = redis::pipe();
         pipe.hset_multiple(
             self.keys.runner_health(),
             &[
                 ("state", state.to_owned()),
-                ("reason", outage.unwrap_or_default().to_owned()),
+                ("reason", outage.to_owned()),
                 ("since", unix_millis().to_string()),
             ],
         )

@@ -288,7 +288,9 @@ impl Reconciler {
                 .sizer
                 .observe(messages, Duration::from_micros(work_us), lasted);
         }
-        if settled.reached_work() && breaker.healthy() {
+        if settled.reached_work() {
+            breaker.healthy();
+            // Every replica's: a stale outage another one recorded is overwritten at once.
             inner.stager.record_runner_health(None).await?;
         }
         match settled {
