@@ -54,7 +54,34 @@ fn bin(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn body(kernel: &str, i: usize) -> Vec<u8> {
+/// The release dispatcher with the local launcher on queue and key prefix `tag`, plus `env`.
+pub fn spawn_dispatcher(
+    services: &Services,
+    tag: &str,
+    env: &[(&'static str, String)],
+) -> Result<tokio::process::Child> {
+    tokio::process::Command::new(bin("dispatcher"))
+        .arg("serve")
+        .env_clear()
+        .envs([
+            ("AMQP_URL", services.amqp.as_str()),
+            ("REDIS_URL", &services.redis),
+            ("QUEUE", tag),
+            ("KEY_PREFIX", tag),
+            ("LAUNCHER", "local"),
+            ("METRICS_ADDR", ""),
+            ("RUST_LOG", "error"),
+            ("RUNNER_LOG", "error"),
+        ])
+        .env("RUNNER_BIN", bin("runner"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting target/release/dispatcher (run `make release`)")
+}
+
+/// Message `i` of a scenario with `kernel`.
+pub fn body(kernel: &str, i: usize) -> Vec<u8> {
     // The pool manager's producers send plain text, to the default kernel.
     if kernel == "seed" {
         return format!("data-{i}").into_bytes();
@@ -79,24 +106,7 @@ pub async fn run(services: &Services, scenario: &Scenario) -> Result<Measured> {
             .publish(&tag, (0..n).map(|i| body(kernel, i)))
             .await?;
     }
-    let mut dispatcher = tokio::process::Command::new(bin("dispatcher"))
-        .arg("serve")
-        .env_clear()
-        .envs([
-            ("AMQP_URL", services.amqp.as_str()),
-            ("REDIS_URL", &services.redis),
-            ("QUEUE", &tag),
-            ("KEY_PREFIX", &tag),
-            ("LAUNCHER", "local"),
-            ("METRICS_ADDR", ""),
-            ("RUST_LOG", "error"),
-            ("RUNNER_LOG", "error"),
-        ])
-        .env("RUNNER_BIN", bin("runner"))
-        .envs(scenario.env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting target/release/dispatcher (run `make release`)")?;
+    let mut dispatcher = spawn_dispatcher(services, &tag, &scenario.env)?;
     let queue = tag.clone();
     wait_until(Duration::from_secs(30), || async {
         Ok(services.queue_state(&queue).await?.1 > 0)

@@ -8,6 +8,8 @@
 //! - [`e2e`]: end-to-end scenarios through the release binaries.
 //! - [`micro`]: criterion's kernel figures.
 //! - [`plot`]: the throughput-against-batch-size chart.
+//! - [`redis_memory`]: what a staged message and a result cost Redis, and the rate the
+//!   manifests' Redis is sized for.
 //! - [`users`]: users' own work: the exec protocol's cost, a Python function three ways.
 
 mod baseline;
@@ -15,6 +17,7 @@ mod broker;
 mod e2e;
 mod micro;
 mod plot;
+mod redis_memory;
 mod users;
 
 use anyhow::Result;
@@ -122,6 +125,9 @@ async fn main() -> Result<()> {
     }
     if wanted('h') {
         users::run(&services, &mut rows).await?;
+    }
+    if wanted('i') {
+        redis_memory::run(&services, &mut rows).await?;
     }
     rows.sort_by_key(|r| r.section.get(..3).unwrap_or_default().to_owned());
     print(&rows);

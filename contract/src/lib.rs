@@ -11,6 +11,7 @@
 //! - [`kernels_file`]: the exec kernel table (`KERNELS_FILE`): workers in any language.
 //! - [`exit`]: the runner's exit codes, and which of them mean an outage.
 //! - [`record`]: the result record users read back, and batch states.
+//! - [`memory`]: Redis's memory: a write refused at `maxmemory`, what `INFO memory` says.
 //! - [`retry`]: the one retry helper (exponential backoff with jitter, on backon) that every
 //!   reconnect and retry goes through.
 //! - [`tls`]: TLS to RabbitMQ and Redis (CA and client files, the Redis client, failures).
@@ -20,6 +21,7 @@ pub mod envelope;
 pub mod exit;
 pub mod kernels_file;
 pub mod keys;
+pub mod memory;
 pub mod record;
 pub mod retry;
 pub mod runner_env;

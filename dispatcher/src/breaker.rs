@@ -9,6 +9,10 @@
 //! is let through as a probe, the probes spaced by the same growing delay. The first Job whose
 //! runner reaches its work closes the breaker again: fixing the cause is all a user does.
 //!
+//! A full Redis holds launches and consumption back the same way, without probes: a runner
+//! could not write its results, and a batch could not be staged. [`crate::memory`] watches
+//! Redis and lifts the hold ([`Breaker::redis_room`]) once it has room again.
+//!
 //! [`Breaker::try_admit`] is the gate every launch of a staged batch passes (fresh batches
 //! are parked while it is open); [`Breaker::outage`] and
 //! [`Breaker::healthy`] are what outcomes report.
@@ -47,6 +51,8 @@ struct State {
     reason: String,
     /// Unix ms when it opened (0 while closed).
     opened_at_ms: u64,
+    /// Why Redis is full, while it is: everything is held back, no probe goes out.
+    redis_full: Option<String>,
 }
 
 /// The breaker; shared by the launch paths and the consumer.
@@ -68,6 +74,7 @@ impl Breaker {
             delays: policy.backoff(),
             reason: String::new(),
             opened_at_ms: 0,
+            redis_full: None,
         };
         Self {
             state: Mutex::new(state),
@@ -87,9 +94,47 @@ impl Breaker {
         self.metrics.health()
     }
 
-    /// Whether launches are held back now.
+    /// Whether launches and consumption are held back now: runners are unhealthy or Redis is
+    /// full.
     pub fn is_open(&self) -> bool {
-        matches!(self.lock().mode, Mode::Open { .. })
+        let state = self.lock();
+        matches!(state.mode, Mode::Open { .. }) || state.redis_full.is_some()
+    }
+
+    /// Whether Redis is full now.
+    pub fn is_redis_full(&self) -> bool {
+        self.lock().redis_full.is_some()
+    }
+
+    /// Why consumption is paused, for readiness's `consumer` reason, while [`Breaker::is_open`].
+    pub fn pause_reason(&self) -> &'static str {
+        if self.lock().redis_full.is_some() {
+            "paused while redis is full (see redis-full)"
+        } else {
+            "paused while runners are unhealthy (see runner)"
+        }
+    }
+
+    /// Redis is full (`why`: how full, or the refusal): launches and consumption wait until
+    /// [`Breaker::redis_room`].
+    pub fn redis_full(&self, why: &str) {
+        let newly = self.lock().redis_full.replace(why.to_owned()).is_none();
+        self.health().block(health::REDIS_FULL, why);
+        if newly {
+            tracing::error!(%why, "redis is full: holding launches back and pausing consumption until it has room");
+            self.metrics.redis_full.set(1);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Redis has room again: what was held back for it goes on.
+    pub fn redis_room(&self) {
+        if self.lock().redis_full.take().is_some() {
+            tracing::info!("redis has room again: launching and consuming");
+            self.metrics.redis_full.set(0);
+            self.health().clear(health::REDIS_FULL);
+            self.changed.notify_waiters();
+        }
     }
 
     /// Whether a Job may be launched now: always while closed; while open, when this launch
@@ -97,6 +142,9 @@ impl Breaker {
     /// batches and looks again at [`Breaker::next_probe`].
     pub fn try_admit(&self) -> bool {
         let mut state = self.lock();
+        if state.redis_full.is_some() {
+            return false;
+        }
         match &mut state.mode {
             Mode::Closed => true,
             Mode::Open { probe_at, probing } if !*probing && *probe_at <= Instant::now() => {
@@ -117,7 +165,11 @@ impl Breaker {
 
     /// When a probe may go next, while open and no probe is out.
     pub fn next_probe(&self) -> Option<Instant> {
-        match self.lock().mode {
+        let state = self.lock();
+        if state.redis_full.is_some() {
+            return None;
+        }
+        match state.mode {
             Mode::Open {
                 probe_at,
                 probing: false,
@@ -248,6 +300,32 @@ mod tests {
         assert!(b.healthy(), "it was open");
         assert!(!b.is_open());
         assert!(!b.metrics.health().is_blocked(health::RUNNER));
+        assert!(b.try_admit());
+        assert!(b.closed(&stop).await);
+    }
+
+    #[tokio::test]
+    async fn a_full_redis_holds_everything_back_without_probes_until_it_has_room() {
+        let b = breaker(1);
+        let stop = CancellationToken::new();
+        b.redis_full("used 95% of maxmemory");
+        assert!(b.is_open() && !b.try_admit());
+        assert!(b.metrics.health().is_blocked(health::REDIS_FULL));
+        assert_eq!(
+            b.pause_reason(),
+            "paused while redis is full (see redis-full)"
+        );
+        b.outage("exit code 75");
+        assert_eq!(b.next_probe(), None, "no probe while redis is full");
+        assert!(!b.try_admit());
+        b.redis_room();
+        assert!(!b.metrics.health().is_blocked(health::REDIS_FULL));
+        assert!(
+            b.is_open(),
+            "the runner breaker it opened meanwhile stays open"
+        );
+        assert!(b.next_probe().is_some());
+        b.healthy();
         assert!(b.try_admit());
         assert!(b.closed(&stop).await);
     }

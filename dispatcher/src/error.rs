@@ -106,8 +106,10 @@ impl Error {
             | Self::Io { .. }
             | Self::Tls { .. }
             | Self::RedriveLease { .. } => true,
+            // A full Redis frees memory as results expire or maxmemory is raised.
             Self::Redis { source, .. } => {
                 !matches!(source.retry_method(), redis::RetryMethod::NoRetry)
+                    || sluice_contract::memory::is_full(source)
             }
             Self::Kube { source, .. } => match source {
                 kube::Error::Api(status) => status.code == 429 || status.code >= 500,
@@ -121,6 +123,12 @@ impl Error {
             | Self::Launch { .. }
             | Self::StreamQueue { .. } => false,
         }
+    }
+
+    /// Whether Redis refused a write because `maxmemory` is reached: an outage of Redis
+    /// ([`crate::memory`]), not an answer about the batch.
+    pub fn is_redis_full(&self) -> bool {
+        matches!(self, Self::Redis { source, .. } if sluice_contract::memory::is_full(source))
     }
 
     /// A short label for the `sluice_errors_total` metric.

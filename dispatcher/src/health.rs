@@ -18,6 +18,9 @@ pub const POD_WATCH: &str = "pod-watch";
 pub const RUNNER: &str = "runner";
 /// Redis does not answer: nothing can be staged, launched or settled until it does.
 pub const REDIS: &str = "redis";
+/// Redis refuses writes for memory, or is about to: consumption and launches wait
+/// ([`crate::memory`]).
+pub const REDIS_FULL: &str = "redis-full";
 /// Jobs created suspended (Kueue) are not admitted: more work would only wait behind them.
 pub const ADMISSION: &str = "admission";
 

@@ -21,6 +21,8 @@
 //!   the poison message, which is dead-lettered once it fails alone).
 //! - [`breaker`]: backoff for outages; after several in a row, holds launches and consumption
 //!   back and probes with one Job at a time until runners work again.
+//! - [`memory`]: Redis's memory watched: a full Redis holds launches and consumption back
+//!   behind the breaker until it has room, and a rate that would outgrow it is warned of.
 //! - [`release`]: pausing or stopping holds nothing: the deliveries held are parked in Redis
 //!   and acked, never returned to the broker.
 //! - [`serve`]: the consume loop tying these together, graceful shutdown.
@@ -43,6 +45,7 @@ pub mod failpoint;
 pub mod health;
 pub mod job;
 pub mod launcher;
+pub mod memory;
 pub mod metrics;
 pub mod publish;
 pub mod reason;

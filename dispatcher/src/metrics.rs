@@ -50,6 +50,12 @@ pub struct Metrics {
     pub stale_steps: Counter,
     /// Batches parked in Redis with no owner instead of holding their deliveries unacked.
     pub parked: Counter,
+    /// Redis's `used_memory`, bytes.
+    pub redis_used_memory: Gauge,
+    /// Redis's `maxmemory`, bytes (0: no limit).
+    pub redis_max_memory: Gauge,
+    /// 1 while Redis is full (consumption and launches paused), 0 while it has room.
+    pub redis_full: Gauge,
     health: Arc<Health>,
 }
 
@@ -72,6 +78,9 @@ impl Metrics {
             adopted: Counter::default(),
             stale_steps: Counter::default(),
             parked: Counter::default(),
+            redis_used_memory: Gauge::default(),
+            redis_max_memory: Gauge::default(),
+            redis_full: Gauge::default(),
             health: Arc::default(),
             registry: Registry::default(),
         };
@@ -132,6 +141,21 @@ impl Metrics {
             "batches_parked",
             "Batches staged with no owner and acked instead of waiting unacked (every slot busy past UNACKED_MAX_SECONDS, a pause, a shutdown)",
             m.parked.clone(),
+        );
+        registry.register(
+            "redis_used_memory_bytes",
+            "Redis's used_memory as INFO memory reports it",
+            m.redis_used_memory.clone(),
+        );
+        registry.register(
+            "redis_max_memory_bytes",
+            "Redis's maxmemory (0: no limit)",
+            m.redis_max_memory.clone(),
+        );
+        registry.register(
+            "redis_full",
+            "1 while Redis is full and consumption and launches are paused (REDIS_PAUSE_PERCENT of maxmemory reached, or a write refused for memory)",
+            m.redis_full.clone(),
         );
         m.runner_healthy.set(1);
         m.redis_up.set(1);

@@ -20,7 +20,7 @@ use crate::reconcile::{Fresh, Reconciler, lease};
 use crate::release::release;
 use crate::sizer::{BatchMode, Sizer};
 use crate::stage::Stager;
-use crate::{health, launcher};
+use crate::{health, launcher, memory};
 use futures::StreamExt;
 use sluice_contract::Keys;
 use sluice_contract::retry::Policy;
@@ -103,6 +103,13 @@ pub async fn run(
     let looping = reconciler.clone();
     let loop_stop = stop_loop.clone();
     background.spawn(async move { looping.run(loop_stop).await });
+    background.spawn(memory::watch(
+        stager.clone(),
+        reconciler.clone(),
+        Arc::clone(&config),
+        Arc::clone(&metrics),
+        stop_lease.clone(),
+    ));
     background.spawn(lease::hold(
         stager,
         me,
@@ -188,8 +195,9 @@ async fn take_lease(
 enum Ended {
     /// Shutdown: what it held is parked.
     Shutdown,
-    /// The breaker opened: what it held is parked; consume again once it closes.
-    Unhealthy,
+    /// The breaker holds work back (runners unhealthy, or Redis full): what it held is
+    /// parked; consume again once it lets work through.
+    HeldBack,
     /// Every slot stayed busy for `UNACKED_MAX_SECONDS`: what it held is parked; consume
     /// again once these batches have slots.
     Parked(Vec<String>),
@@ -203,7 +211,7 @@ impl Dispatcher {
         let mut backoff = RECONNECT.backoff();
         while !shutdown.is_cancelled() {
             if self.reconciler.breaker().is_open() {
-                let reason = "paused while runners are unhealthy (see runner)";
+                let reason = self.reconciler.breaker().pause_reason();
                 self.metrics.health().block(health::CONSUMER, reason);
                 if !self.reconciler.breaker().closed(shutdown).await {
                     break;
@@ -224,7 +232,7 @@ impl Dispatcher {
             let resumed = match outcome {
                 Ok(Ended::Shutdown) => break,
                 // The loop's top waits for the breaker to close.
-                Ok(Ended::Unhealthy) => true,
+                Ok(Ended::HeldBack) => true,
                 Ok(Ended::Parked(parked)) => {
                     // Busy, not broken: readiness stays as it is.
                     tracing::info!(
@@ -293,8 +301,8 @@ impl Dispatcher {
         let breaker = self.reconciler.breaker();
         let ended = loop {
             if breaker.is_open() {
-                tracing::info!("pausing consumption while runners are unhealthy");
-                break Ok(Ended::Unhealthy);
+                tracing::info!(why = breaker.pause_reason(), "pausing consumption");
+                break Ok(Ended::HeldBack);
             }
             if batcher.is_empty() && self.config.batching.batch_mode == BatchMode::Adaptive {
                 // The backlog: what the broker still holds plus what it already pushed to us.
@@ -328,7 +336,7 @@ impl Dispatcher {
             match self.dispatch(&consumer, cut, shutdown).await {
                 Ok((_, Fresh::Launched)) => {}
                 Ok((_, Fresh::Parked)) if shutdown.is_cancelled() => break Ok(Ended::Shutdown),
-                Ok((_, Fresh::Parked)) if breaker.is_open() => break Ok(Ended::Unhealthy),
+                Ok((_, Fresh::Parked)) if breaker.is_open() => break Ok(Ended::HeldBack),
                 Ok((id, Fresh::Parked)) => break Ok(Ended::Parked(vec![id])),
                 Err(e) => break Err(e),
             }

@@ -5,6 +5,7 @@ use crate::amqp::{connect, inspect_queue};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use redis::AsyncCommands;
+use sluice_contract::memory::{Memory, human_bytes};
 use sluice_contract::{BatchState, Keys};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,6 +39,8 @@ pub struct Stored {
     pub redriving: u64,
     /// `{prefix}:runner`: whether runners can do their work (state, reason, since).
     pub runner: BTreeMap<String, String>,
+    /// What `INFO memory` says, and the `REDIS_PAUSE_PERCENT` it is judged by.
+    pub memory: (Memory, u8),
 }
 
 /// Reads the report from RabbitMQ and Redis. An unreachable Redis is part of the
@@ -71,7 +74,14 @@ async fn read_redis(config: &Config) -> std::result::Result<Stored, String> {
             .get_multiplexed_async_connection()
             .await
             .map_err(Error::redis_connect(&client))?;
-        stored(&mut con, &Keys::new(&config.redis.key_prefix)).await
+        let mut out = stored(&mut con, &Keys::new(&config.redis.key_prefix)).await?;
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis("reading redis's memory"))?;
+        out.memory = (Memory::parse(&info), config.redis.redis_pause_percent);
+        Ok::<_, Error>(out)
     };
     match tokio::time::timeout(REDIS_WAIT, read).await {
         Ok(read) => read.map_err(|e| e.to_string()),
@@ -142,6 +152,26 @@ impl fmt::Display for Report {
 impl fmt::Display for Stored {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "redis: reachable")?;
+        let (memory, pause) = &self.memory;
+        if crate::memory::is_full(memory, false, false, *pause) {
+            writeln!(
+                f,
+                "redis memory: FULL, consumption and launches paused until it has room: {}",
+                crate::memory::describe(memory, false, *pause)
+            )?;
+        } else if memory.max > 0 {
+            writeln!(
+                f,
+                "redis memory: {}",
+                crate::memory::describe(memory, false, *pause)
+            )?;
+        } else {
+            writeln!(
+                f,
+                "redis memory: used {}, no maxmemory",
+                human_bytes(memory.used)
+            )?;
+        }
         let total: usize = self.open_batches.values().sum();
         write!(f, "open batches: {total}")?;
         for (state, n) in &self.open_batches {

@@ -82,7 +82,8 @@ impl Error {
     }
 }
 
-/// Whether a Redis error is worth retrying (connection trouble, server busy or loading).
+/// Whether a Redis error is worth retrying (connection trouble, server busy or loading, or
+/// full: memory frees as results expire or `maxmemory` is raised).
 pub fn is_transient(e: &redis::RedisError) -> bool {
-    !matches!(e.retry_method(), redis::RetryMethod::NoRetry)
+    !matches!(e.retry_method(), redis::RetryMethod::NoRetry) || sluice_contract::memory::is_full(e)
 }

@@ -57,7 +57,8 @@ impl Store {
                     redis::RedisError::from((redis::ErrorKind::Io, "no connection"))
                 })?;
                 op(live).inspect_err(|e| {
-                    if is_transient(e) {
+                    // A full Redis still answers: the connection is fine.
+                    if is_transient(e) && !sluice_contract::memory::is_full(e) {
                         *con = None;
                     }
                 })

@@ -27,6 +27,10 @@ pub struct Options<'a> {
     pub rabbitmq_conf: &'a [&'a str],
     /// Redis takes TLS only: no plaintext port.
     pub redis_tls_only: bool,
+    /// Arguments added to redis-server's command line (such as `--maxmemory 4mb`).
+    pub redis_args: &'a [&'a str],
+    /// Only Redis: the suite uses the shared broker.
+    pub redis_only: bool,
 }
 
 impl Servers {
@@ -64,16 +68,18 @@ impl Servers {
         ];
         args.extend(options.rabbitmq_conf.iter().map(|l| (*l).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if !options.redis_only {
+            script("test-server.sh", &args)?;
+        }
+        let mut args = vec![
+            "redis".to_owned(),
+            path(&redis)?,
+            servers.redis_port.to_string(),
+            servers.rediss_port.to_string(),
+        ];
+        args.extend(options.redis_args.iter().map(|a| (*a).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         script("test-server.sh", &args)?;
-        script(
-            "test-server.sh",
-            &[
-                "redis",
-                &path(&redis)?,
-                &servers.redis_port.to_string(),
-                &servers.rediss_port.to_string(),
-            ],
-        )?;
         Ok(servers)
     }
 
@@ -90,6 +96,11 @@ impl Servers {
     /// `amqps://` to the TLS port.
     pub fn amqps_url(&self) -> String {
         format!("amqps://guest:guest@localhost:{}/%2f", self.amqps_port)
+    }
+
+    /// `redis://` to the plain port.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.redis_port)
     }
 
     /// `rediss://` to the TLS port.

@@ -18,6 +18,10 @@ pub struct Redis {
     /// Result expiry in seconds; 0 keeps results forever.
     #[serde(default = "d::result_ttl_seconds")]
     pub result_ttl_seconds: u64,
+    /// Consumption and launches pause once Redis's used memory reaches this percentage of its
+    /// `maxmemory`, and resume below five points less ([`crate::memory`]).
+    #[serde(default = "d::redis_pause_percent")]
+    pub redis_pause_percent: u8,
     /// Approximate cap on the results stream.
     #[serde(default = "d::results_maxlen")]
     pub results_maxlen: u64,
@@ -71,6 +75,9 @@ mod d {
     }
     pub fn result_ttl_seconds() -> u64 {
         defaults::DEFAULT_RESULT_TTL_SECONDS
+    }
+    pub fn redis_pause_percent() -> u8 {
+        90
     }
     pub fn results_maxlen() -> u64 {
         defaults::DEFAULT_RESULTS_MAXLEN

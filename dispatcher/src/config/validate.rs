@@ -63,6 +63,8 @@ fn limits(config: &Config) -> Result<(), String> {
         && batching.unacked_max_seconds * 1000.0 > batching.batch_linger_ms as f64)
     {
         "UNACKED_MAX_SECONDS must be a number of seconds longer than BATCH_LINGER_MS"
+    } else if !(10..=100).contains(&config.redis.redis_pause_percent) {
+        "REDIS_PAUSE_PERCENT must be between 10 and 100"
     } else if !(config.replicas.lease_seconds.is_finite()
         && config.replicas.reconcile_seconds.is_finite()
         && config.replicas.lease_seconds > 0.0

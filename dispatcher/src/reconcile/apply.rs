@@ -355,6 +355,11 @@ impl Reconciler {
 
     fn redis_failed(&self, error: &crate::Error) {
         self.inner.metrics.error(error.metric_label());
+        if error.is_redis_full() {
+            // Redis answers; the memory watch holds work back until it has room.
+            tracing::warn!(%error, "redis is full: open batches are reconciled once it has room");
+            return;
+        }
         self.inner
             .metrics
             .health()

@@ -30,6 +30,8 @@ pub async fn hold(
                 metrics.redis_up.set(1);
                 metrics.health().clear(health::REDIS);
             }
+            // A full Redis answers: the memory watch says it is full.
+            Err(e) if e.is_redis_full() => metrics.error(e.metric_label()),
             Err(e) => {
                 metrics.redis_up.set(0);
                 metrics.error(e.metric_label());

@@ -4,6 +4,9 @@
 //! A fresh batch is staged by one compare-and-set step (its messages, its state hash, the
 //! open-set and running-set entries and the counters), so a crash leaves either all of it or
 //! none, and the shared in-flight cap is checked in the same step.
+//!
+//! A write Redis refuses for memory is retried like any outage, and noted for
+//! [`crate::memory`], which [`memory`] reads for.
 
 use crate::cas::{Applied, Step, applied};
 use crate::error::{Error, Result};
@@ -13,7 +16,14 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use sluice_contract::record::{ResultWrite, unix_millis};
 use sluice_contract::{BatchState, Keys};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+mod leases;
+mod memory;
+
+pub use memory::Footprint;
 
 /// How long a Redis operation is retried before the caller sees the error.
 pub const REDIS_BUDGET: Duration = Duration::from_secs(60);
@@ -32,6 +42,8 @@ pub struct Stager {
     con: ConnectionManager,
     keys: Keys,
     ttl_seconds: u64,
+    /// A write was refused for memory since [`Stager::take_refused`] last looked.
+    refused: Arc<AtomicBool>,
 }
 
 impl Stager {
@@ -57,6 +69,7 @@ impl Stager {
             con,
             keys,
             ttl_seconds,
+            refused: Arc::default(),
         })
     }
 
@@ -322,41 +335,6 @@ impl Stager {
             .await
     }
 
-    /// Sets or renews dispatcher `id`'s lease for `ttl`. One attempt: the renewal loop is
-    /// the retry, and a failure is what tells readiness that Redis is gone.
-    pub async fn renew_lease(&self, id: &str, ttl: Duration) -> Result<()> {
-        let key = self.keys.dispatcher_lease(id);
-        let mut con = self.con.clone();
-        let millis = ttl.as_millis().max(1) as u64;
-        redis::cmd("SET")
-            .arg(&key)
-            .arg(unix_millis())
-            .arg("PX")
-            .arg(millis)
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(Error::redis("renewing the dispatcher's lease"))
-    }
-
-    /// Gives up dispatcher `id`'s lease, so that others adopt its batches at once.
-    pub async fn release_lease(&self, id: &str) -> Result<()> {
-        let key = self.keys.dispatcher_lease(id);
-        self.retry("releasing the dispatcher's lease", move |mut con| {
-            let key = key.clone();
-            async move { con.del(key).await }
-        })
-        .await
-    }
-
-    /// Whether each dispatcher's lease is held.
-    pub async fn leases_held(&self, ids: &[&str]) -> Result<Vec<bool>> {
-        let keys: Vec<String> = ids
-            .iter()
-            .map(|id| self.keys.dispatcher_lease(id))
-            .collect();
-        self.exist(&keys, "reading dispatcher leases").await
-    }
-
     /// Whether each key exists, in one round trip.
     async fn exist(&self, keys: &[String], what: &'static str) -> Result<Vec<bool>> {
         if keys.is_empty() {
@@ -388,8 +366,25 @@ impl Stager {
     {
         with_backoff(what, Some(REDIS_BUDGET), || {
             let fut = op(self.con.clone());
-            async move { fut.await.map_err(Error::redis(what)) }
+            async move {
+                fut.await
+                    .map_err(|e| self.noted(e))
+                    .map_err(Error::redis(what))
+            }
         })
         .await
+    }
+
+    /// Notes a refusal for memory, for [`Stager::take_refused`].
+    fn noted(&self, e: redis::RedisError) -> redis::RedisError {
+        if sluice_contract::memory::is_full(&e) {
+            self.refused.store(true, Ordering::Relaxed);
+        }
+        e
+    }
+
+    /// Whether a write was refused for memory since the last call.
+    pub fn take_refused(&self) -> bool {
+        self.refused.swap(false, Ordering::Relaxed)
     }
 }
