@@ -9,8 +9,9 @@
 //! `sluice_redis_full` is 1. Five points below the mark, or once `maxmemory` is raised, it
 //! lets everything through again, by itself.
 //!
-//! It also warns, once, when results at the rate they are written now would outgrow
-//! `maxmemory` before `RESULT_TTL_SECONDS` expires them ([`Growth`]).
+//! It also estimates what results at the rate they are written now need once the first expire
+//! (`sluice_redis_results_need_bytes`), and warns, once, when that outgrows `maxmemory`
+//! ([`Growth`]).
 
 use crate::breaker::Breaker;
 use crate::config::Config;
@@ -79,7 +80,7 @@ pub async fn watch(
                     tracing::warn!(policy = %memory.policy, "redis evicts keys at maxmemory: staged batches and results may vanish; sluice needs maxmemory-policy noeviction");
                 }
                 apply(breaker, &memory, refused, pause);
-                growth.look(&stager, &memory).await;
+                growth.look(&stager, &memory, &metrics).await;
             }
             Err(e) if refused => {
                 breaker.redis_full(&format!("a write was refused for memory ({e})"));
@@ -138,8 +139,8 @@ impl Growth {
         }
     }
 
-    async fn look(&mut self, stager: &Stager, memory: &Memory) {
-        if self.warned || memory.max == 0 {
+    async fn look(&mut self, stager: &Stager, memory: &Memory, metrics: &Metrics) {
+        if memory.max == 0 {
             return;
         }
         let now = Instant::now();
@@ -160,8 +161,10 @@ impl Growth {
             return;
         };
         let need = needed(rate, self.ttl_seconds, self.stream_maxlen, footprint);
+        let bytes = need.map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        metrics.redis_results_need.set(bytes);
         let room = memory.max / 100 * u64::from(self.pause_percent);
-        if need.is_none_or(|need| need > room) {
+        if !self.warned && need.is_none_or(|need| need > room) {
             self.warned = true;
             warn(rate, self.ttl_seconds, footprint, need, memory, room);
         }
@@ -254,6 +257,28 @@ mod tests {
             describe(&at(95), true, 90),
             "a write was refused for memory; used 95 B of maxmemory 100 B (95%, pauses at 90%)"
         );
+    }
+
+    fn growth() -> Growth {
+        Growth {
+            ttl_seconds: 3600,
+            stream_maxlen: 100_000,
+            pause_percent: 90,
+            counts: VecDeque::new(),
+            footprint: None,
+            warned: false,
+        }
+    }
+
+    #[test]
+    fn the_rate_needs_ten_seconds_of_counts() {
+        let mut g = growth();
+        let start = Instant::now();
+        g.counts.push_back((start, 1_000));
+        g.counts.push_back((start + Duration::from_secs(5), 1_500));
+        assert_eq!(g.rate(), None, "five seconds are not a rate");
+        g.counts.push_back((start + Duration::from_secs(20), 3_000));
+        assert_eq!(g.rate(), Some(100.0));
     }
 
     #[test]

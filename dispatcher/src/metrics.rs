@@ -56,6 +56,9 @@ pub struct Metrics {
     pub redis_max_memory: Gauge,
     /// 1 while Redis is full (consumption and launches paused), 0 while it has room.
     pub redis_full: Gauge,
+    /// Bytes results need at the observed rate once the first expire (the largest value when
+    /// they are kept for ever).
+    pub redis_results_need: Gauge,
     health: Arc<Health>,
 }
 
@@ -81,6 +84,7 @@ impl Metrics {
             redis_used_memory: Gauge::default(),
             redis_max_memory: Gauge::default(),
             redis_full: Gauge::default(),
+            redis_results_need: Gauge::default(),
             health: Arc::default(),
             registry: Registry::default(),
         };
@@ -142,24 +146,34 @@ impl Metrics {
             "Batches staged with no owner and acked instead of waiting unacked (every slot busy past UNACKED_MAX_SECONDS, a pause, a shutdown)",
             m.parked.clone(),
         );
+        m.register_redis_memory(&mut registry);
+        m.runner_healthy.set(1);
+        m.redis_up.set(1);
+        Self { registry, ..m }
+    }
+
+    /// Registers the gauges of Redis's memory ([`crate::memory`]).
+    fn register_redis_memory(&self, registry: &mut Registry) {
         registry.register(
             "redis_used_memory_bytes",
             "Redis's used_memory as INFO memory reports it",
-            m.redis_used_memory.clone(),
+            self.redis_used_memory.clone(),
         );
         registry.register(
             "redis_max_memory_bytes",
             "Redis's maxmemory (0: no limit)",
-            m.redis_max_memory.clone(),
+            self.redis_max_memory.clone(),
         );
         registry.register(
             "redis_full",
             "1 while Redis is full and consumption and launches are paused (REDIS_PAUSE_PERCENT of maxmemory reached, or a write refused for memory)",
-            m.redis_full.clone(),
+            self.redis_full.clone(),
         );
-        m.runner_healthy.set(1);
-        m.redis_up.set(1);
-        Self { registry, ..m }
+        registry.register(
+            "redis_results_need_bytes",
+            "Redis memory results need at the rate observed now once the first expire (RESULT_TTL_SECONDS); more than maxmemory means Redis will be full",
+            self.redis_results_need.clone(),
+        );
     }
 
     /// Counts an error of `kind`.
