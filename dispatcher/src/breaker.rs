@@ -47,6 +47,9 @@ struct State {
     in_a_row: u32,
     /// Retry delays, reset by a healthy Job.
     delays: Backoff,
+    /// The delay the next outage gets, taken from `delays` ahead of time so that a batch's
+    /// retry can be scheduled before its outage is counted.
+    ahead: Duration,
     /// The last outage's reason.
     reason: String,
     /// Unix ms when it opened (0 while closed).
@@ -68,10 +71,12 @@ impl Breaker {
     /// A closed breaker with the configured thresholds.
     pub fn new(settings: &Outages, metrics: Arc<Metrics>) -> Self {
         let policy = Policy::new(settings.first_delay(), settings.max_delay(), None);
+        let (delays, ahead) = fresh_delays(&policy);
         let state = State {
             mode: Mode::Closed,
             in_a_row: 0,
-            delays: policy.backoff(),
+            delays,
+            ahead,
             reason: String::new(),
             opened_at_ms: 0,
             redis_full: None,
@@ -104,15 +109,6 @@ impl Breaker {
     /// Whether Redis is full now.
     pub fn is_redis_full(&self) -> bool {
         self.lock().redis_full.is_some()
-    }
-
-    /// Why consumption is paused, for readiness's `consumer` reason, while [`Breaker::is_open`].
-    pub fn pause_reason(&self) -> &'static str {
-        if self.lock().redis_full.is_some() {
-            "paused while redis is full (see redis-full)"
-        } else {
-            "paused while runners are unhealthy (see runner)"
-        }
     }
 
     /// Redis is full (`why`: how full, or the refusal): launches and consumption wait until
@@ -199,15 +195,26 @@ impl Breaker {
         }
     }
 
+    /// The delay the next [`Breaker::outage`] will give, for scheduling a retry before the
+    /// outage is counted (it is counted once its retry is recorded).
+    pub fn upcoming_delay(&self) -> Duration {
+        self.lock().ahead
+    }
+
     /// A Job could not do its work because of `reason`; returns how long to wait before its
     /// batch is launched again (while open, [`Breaker::next_probe`] says when), and whether
     /// the breaker is open now (so the caller records why).
     pub fn outage(&self, reason: &str) -> (Duration, bool) {
         self.metrics.outages.inc();
         let mut state = self.lock();
+        let delay = state.ahead;
+        state.ahead = state.delays.next_delay().unwrap_or(self.policy.max_delay());
+        if state.redis_full.is_some() {
+            // Redis's fault, already held for: no reason to suspect the runners.
+            return (delay, false);
+        }
         state.in_a_row += 1;
         reason.clone_into(&mut state.reason);
-        let delay = state.delays.next_delay().unwrap_or(self.policy.max_delay());
         let in_a_row = state.in_a_row;
         let opening = state.mode == Mode::Closed && in_a_row >= self.threshold;
         match &mut state.mode {
@@ -242,7 +249,7 @@ impl Breaker {
         let was_open = matches!(state.mode, Mode::Open { .. });
         state.mode = Mode::Closed;
         state.in_a_row = 0;
-        state.delays = self.policy.backoff();
+        (state.delays, state.ahead) = fresh_delays(&self.policy);
         drop(state);
         if was_open {
             tracing::info!("runners work again: launching and consuming");
@@ -260,6 +267,13 @@ impl Breaker {
         }
         self.changed.notify_waiters();
     }
+}
+
+/// A fresh schedule and its first delay.
+fn fresh_delays(policy: &Policy) -> (Backoff, Duration) {
+    let mut delays = policy.backoff();
+    let first = delays.next_delay().unwrap_or(policy.max_delay());
+    (delays, first)
 }
 
 #[cfg(test)]
@@ -311,21 +325,17 @@ mod tests {
         b.redis_full("used 95% of maxmemory");
         assert!(b.is_open() && !b.try_admit());
         assert!(b.metrics.health().is_blocked(health::REDIS_FULL));
+        let ahead = b.upcoming_delay();
         assert_eq!(
-            b.pause_reason(),
-            "paused while redis is full (see redis-full)"
+            b.outage("exit code 75"),
+            (ahead, false),
+            "not counted against runners"
         );
-        b.outage("exit code 75");
         assert_eq!(b.next_probe(), None, "no probe while redis is full");
         assert!(!b.try_admit());
         b.redis_room();
         assert!(!b.metrics.health().is_blocked(health::REDIS_FULL));
-        assert!(
-            b.is_open(),
-            "the runner breaker it opened meanwhile stays open"
-        );
-        assert!(b.next_probe().is_some());
-        b.healthy();
+        assert!(!b.is_open(), "the runners were never suspected");
         assert!(b.try_admit());
         assert!(b.closed(&stop).await);
     }

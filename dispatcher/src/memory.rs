@@ -33,6 +33,8 @@ pub const RESUME_POINTS: f64 = 5.0;
 /// The window the result rate is measured over, and the least of it a warning needs.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 const RATE_MIN: Duration = Duration::from_secs(10);
+/// Without `INFO memory`, how long after the last refusal Redis is taken to have room again.
+const REFUSAL_HOLD: Duration = Duration::from_secs(10);
 /// How often one result's footprint is sampled (`MEMORY USAGE`).
 const FOOTPRINT_EVERY: Duration = Duration::from_secs(30);
 
@@ -69,10 +71,14 @@ pub async fn watch(
     let breaker = reconciler.breaker();
     let pause = config.redis.redis_pause_percent;
     let mut growth = Growth::new(&config);
-    let mut warned_eviction = false;
+    let (mut warned_eviction, mut warned_info) = (false, false);
+    let mut last_refusal = None;
     loop {
         // Taken before the look, so a refusal during it is counted at the next one.
         let refused = stager.take_refused();
+        if refused {
+            last_refusal = Some(Instant::now());
+        }
         match stager.memory().await {
             Ok(memory) => {
                 export(&metrics, &memory);
@@ -82,11 +88,11 @@ pub async fn watch(
                 apply(breaker, &memory, refused, pause);
                 growth.look(&stager, &memory, &metrics).await;
             }
-            Err(e) if refused => {
-                breaker.redis_full(&format!("a write was refused for memory ({e})"));
-            }
             Err(e) => {
-                tracing::debug!(error = %e, "cannot read redis's memory; the lease says whether it answers");
+                if !e.is_transient() && !std::mem::replace(&mut warned_info, true) {
+                    tracing::warn!(error = %e, "cannot read INFO memory (grant the info command): a full Redis is then seen only when it refuses a write");
+                }
+                blind(breaker, refused, last_refusal);
             }
         }
         tokio::select! {
@@ -94,6 +100,18 @@ pub async fn watch(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(POLL) => {}
         }
+    }
+}
+
+/// Without `INFO` (Redis unreachable, or the command not granted), a refusal is all there is
+/// to go by: full on one, room again once none came for [`REFUSAL_HOLD`].
+fn blind(breaker: &Breaker, refused: bool, last_refusal: Option<Instant>) {
+    if refused {
+        breaker.redis_full("a write was refused for memory (INFO memory cannot be read)");
+    } else if breaker.is_redis_full()
+        && last_refusal.is_some_and(|at| at + REFUSAL_HOLD <= Instant::now())
+    {
+        breaker.redis_room();
     }
 }
 

@@ -17,11 +17,25 @@ where
     Op: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
+    with_backoff_while(what, budget, op, Error::is_transient).await
+}
+
+/// [`with_backoff`], retrying only the failures `retry` accepts.
+pub async fn with_backoff_while<T, Op, Fut>(
+    what: &'static str,
+    budget: Option<Duration>,
+    op: Op,
+    retry: impl Fn(&Error) -> bool,
+) -> Result<T>
+where
+    Op: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
     let policy = Policy::new(Duration::from_millis(100), Duration::from_secs(10), budget);
     retry_async(
         policy,
         op,
-        Error::is_transient,
+        retry,
         |e, delay| tracing::warn!(error = %e, ?delay, what, "retrying"),
         tokio::time::sleep,
     )

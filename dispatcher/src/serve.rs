@@ -77,7 +77,7 @@ pub async fn run(
     };
     let me = config.replicas.id_or_generate();
     let lease_ttl = config.replicas.lease();
-    if !take_lease(&stager, &me, lease_ttl, &metrics, &shutdown).await {
+    if !lease::take(&stager, &me, lease_ttl, &metrics, &shutdown).await {
         return Ok(Summary::default());
     }
     tracing::info!(launcher = launcher.kind(), queue = %config.broker.queue, dispatcher = %me, "dispatcher starting");
@@ -162,34 +162,6 @@ async fn connect_redis(
     }
 }
 
-/// Sets this dispatcher's lease before it launches anything, retrying while Redis does not
-/// answer; `false` if `shutdown` comes first.
-async fn take_lease(
-    stager: &Stager,
-    me: &str,
-    ttl: Duration,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) -> bool {
-    let mut backoff = RECONNECT.backoff();
-    loop {
-        match stager.renew_lease(me, ttl).await {
-            Ok(()) => {
-                metrics.health().clear(health::REDIS);
-                return true;
-            }
-            Err(e) => {
-                let delay = backoff.next_delay().unwrap_or(RECONNECT.max_delay());
-                tracing::warn!(error = %e, ?delay, "cannot take the dispatcher's lease; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
-}
-
 /// Why a consumer session ended without an error.
 #[derive(Debug)]
 enum Ended {
@@ -211,7 +183,8 @@ impl Dispatcher {
         let mut backoff = RECONNECT.backoff();
         while !shutdown.is_cancelled() {
             if self.reconciler.breaker().is_open() {
-                let reason = self.reconciler.breaker().pause_reason();
+                // The why is under `runner` or `redis-full`, kept current there.
+                let reason = "paused while launches are held back (see runner, redis-full)";
                 self.metrics.health().block(health::CONSUMER, reason);
                 if !self.reconciler.breaker().closed(shutdown).await {
                     break;
@@ -242,6 +215,11 @@ impl Dispatcher {
                     self.reconciler.until_launched(&parked, shutdown).await
                 }
                 Err(e) => {
+                    if e.is_redis_full() {
+                        // Held back at once: reconnecting would only take deliveries back.
+                        let why = format!("a write was refused for memory: {e}");
+                        self.reconciler.breaker().redis_full(&why);
+                    }
                     self.metrics
                         .health()
                         .block(health::CONSUMER, format!("consumer stopped: {e}"));
@@ -301,7 +279,7 @@ impl Dispatcher {
         let breaker = self.reconciler.breaker();
         let ended = loop {
             if breaker.is_open() {
-                tracing::info!(why = breaker.pause_reason(), "pausing consumption");
+                tracing::info!("pausing consumption while launches are held back");
                 break Ok(Ended::HeldBack);
             }
             if batcher.is_empty() && self.config.batching.batch_mode == BatchMode::Adaptive {

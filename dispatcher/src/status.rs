@@ -23,7 +23,7 @@ pub struct Report {
 }
 
 /// What `dispatcher status` reads from Redis.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stored {
     /// Open batches by state.
     pub open_batches: BTreeMap<&'static str, usize>,
@@ -39,8 +39,26 @@ pub struct Stored {
     pub redriving: u64,
     /// `{prefix}:runner`: whether runners can do their work (state, reason, since).
     pub runner: BTreeMap<String, String>,
-    /// What `INFO memory` says, and the `REDIS_PAUSE_PERCENT` it is judged by.
-    pub memory: (Memory, u8),
+    /// What `INFO memory` says (or why it could not be read), and the `REDIS_PAUSE_PERCENT` it
+    /// is judged by.
+    pub memory: (MemoryRead, u8),
+}
+
+/// What `INFO memory` said, or why it could not be read.
+type MemoryRead = std::result::Result<Memory, String>;
+
+impl Default for Stored {
+    fn default() -> Self {
+        Self {
+            open_batches: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            stats: BTreeMap::new(),
+            dead_letters: 0,
+            redriving: 0,
+            runner: BTreeMap::new(),
+            memory: (Err("not read".into()), 0),
+        }
+    }
 }
 
 /// Reads the report from RabbitMQ and Redis. An unreachable Redis is part of the
@@ -75,12 +93,13 @@ async fn read_redis(config: &Config) -> std::result::Result<Stored, String> {
             .await
             .map_err(Error::redis_connect(&client))?;
         let mut out = stored(&mut con, &Keys::new(&config.redis.key_prefix)).await?;
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut con)
-            .await
-            .map_err(Error::redis("reading redis's memory"))?;
-        out.memory = (Memory::parse(&info), config.redis.redis_pause_percent);
+        // INFO may not be granted: then the memory is unknown, the rest still shown.
+        let info: redis::RedisResult<String> =
+            redis::cmd("INFO").arg("memory").query_async(&mut con).await;
+        let memory = info
+            .map(|info| Memory::parse(&info))
+            .map_err(|e| e.to_string());
+        out.memory = (memory, config.redis.redis_pause_percent);
         Ok::<_, Error>(out)
     };
     match tokio::time::timeout(REDIS_WAIT, read).await {
@@ -149,10 +168,15 @@ impl fmt::Display for Report {
     }
 }
 
-impl fmt::Display for Stored {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "redis: reachable")?;
+impl Stored {
+    /// How full Redis is, by the dispatcher's own rule (without its hysteresis or the refusals
+    /// it saw: those are in its readiness and `sluice_redis_full`).
+    fn fmt_memory(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (memory, pause) = &self.memory;
+        let memory = match memory {
+            Ok(memory) => memory,
+            Err(e) => return writeln!(f, "redis memory: unknown, INFO memory cannot be read: {e}"),
+        };
         if crate::memory::is_full(memory, false, false, *pause) {
             writeln!(
                 f,
@@ -172,6 +196,14 @@ impl fmt::Display for Stored {
                 human_bytes(memory.used)
             )?;
         }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "redis: reachable")?;
+        self.fmt_memory(f)?;
         let total: usize = self.open_batches.values().sum();
         write!(f, "open batches: {total}")?;
         for (state, n) in &self.open_batches {

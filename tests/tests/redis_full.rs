@@ -10,6 +10,7 @@ use sluice_dispatcher::health;
 use sluice_dispatcher::metrics::Metrics;
 use sluice_tests::cases::sleepers;
 use sluice_tests::guarantee::record;
+use sluice_tests::outage::batches;
 use sluice_tests::servers::{Options, Servers};
 use sluice_tests::{Outgoing, TestEnv, require_binaries, spawn_dispatcher_with};
 use std::sync::Arc;
@@ -69,7 +70,7 @@ async fn assert_held_back_while_full(
     metrics: &Metrics,
 ) {
     // The consumer's pause comes as it notices; then it holds nothing and takes nothing.
-    let paused = "consumer: paused while redis is full";
+    let paused = "consumer: paused while launches are held back";
     let deadline = Instant::now() + Duration::from_secs(30);
     while !metrics.health().ready().unwrap_err().contains(paused) {
         assert!(Instant::now() < deadline, "{paused} within 30s");
@@ -227,7 +228,8 @@ async fn writes_refused_for_memory_mid_run_are_an_outage_that_ends_when_memory_f
     })
     .await;
     assert_held_back_while_full(&env, &config, &metrics).await;
-    // Runners that met the refusal exited as outages (never as poison).
+    // Runners that met the refusal exited as outages (never as poison): their batches are
+    // retried whole once Redis takes the settle.
     let outage = Arc::clone(&metrics);
     wait_until("a runner's outage", Duration::from_secs(30), || {
         outage.outages.get() >= 1
@@ -246,6 +248,17 @@ async fn writes_refused_for_memory_mid_run_are_an_outage_that_ends_when_memory_f
         "redis writes refused for memory mid-run",
     )
     .await;
+    let retried = batches(&env).await;
+    assert!(
+        retried
+            .iter()
+            .any(|b| b.get("state").map(String::as_str) == Some("retried")),
+        "a batch whose runner met the refusal was retried whole"
+    );
+    assert!(
+        !metrics.health().is_blocked(health::RUNNER),
+        "the runners were never blamed for redis"
+    );
     stop.cancel();
     dispatcher.await.unwrap().unwrap();
     env.cleanup().await.unwrap();

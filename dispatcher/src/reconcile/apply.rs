@@ -262,17 +262,23 @@ impl Reconciler {
             stream_maxlen: inner.config.redis.results_maxlen,
         };
         let breaker = &inner.breaker;
-        let mut opened = false;
+        // Lost with its dispatcher: no sign the runners are unhealthy.
+        let counts = |failure: &Failure| failure.kind != FailureKind::RunnerLost;
+        // The outage is counted once its retry is recorded, so a settle that fails (a full
+        // Redis refusing it) and is tried again at the next pass counts once.
         let retry_at = |failure: &Failure| {
-            if failure.kind == FailureKind::RunnerLost {
-                // Lost with its dispatcher: no sign the runners are unhealthy.
-                return 0;
+            let delay = breaker.upcoming_delay().as_millis() as u64;
+            if counts(failure) {
+                unix_millis() + delay
+            } else {
+                0
             }
-            let (delay, open) = breaker.outage(&failure.reason);
-            opened = open;
-            unix_millis() + delay.as_millis() as u64
         };
         let settled = settle(&inner.stager, view, outcome, settings, retry_at).await?;
+        let opened = match &settled {
+            Settled::Retry { failure, .. } if counts(failure) => breaker.outage(&failure.reason).1,
+            _ => false,
+        };
         let lasted = inner.followed.lasted(&view.id);
         inner.followed.stop(&view.id);
         inner.capacity.notify_waiters();

@@ -11,8 +11,17 @@
 use crate::health;
 use crate::metrics::Metrics;
 use crate::stage::Stager;
+use sluice_contract::retry::Policy;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// Delays between attempts to take the lease at start-up: 400 ms doubling to 12.8 s, plus
+/// jitter, for as long as Redis does not answer.
+const RETAKE: Policy = Policy::new(
+    Duration::from_millis(400),
+    Duration::from_millis(12_800),
+    None,
+);
 
 /// Holds the lease of dispatcher `id` until `stop` is cancelled, then releases it so that
 /// other dispatchers adopt what it leaves at once.
@@ -48,5 +57,39 @@ pub async fn hold(
     }
     if let Err(e) = stager.release_lease(&id).await {
         tracing::warn!(error = %e, "could not release the lease; it expires by itself");
+    }
+}
+
+/// Sets this dispatcher's lease before it launches anything, retrying while Redis does not
+/// answer; `false` if `shutdown` comes first.
+pub async fn take(
+    stager: &Stager,
+    me: &str,
+    ttl: Duration,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = RETAKE.backoff();
+    loop {
+        match stager.renew_lease(me, ttl).await {
+            Ok(()) => {
+                metrics.health().clear(health::REDIS);
+                metrics.health().clear(health::REDIS_FULL);
+                metrics.redis_full.set(0);
+                return true;
+            }
+            Err(e) => {
+                if e.is_redis_full() {
+                    metrics.health().block(health::REDIS_FULL, e.to_string());
+                    metrics.redis_full.set(1);
+                }
+                let delay = backoff.next_delay().unwrap_or(RETAKE.max_delay());
+                tracing::warn!(error = %e, ?delay, "cannot take the dispatcher's lease; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
     }
 }

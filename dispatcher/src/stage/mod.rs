@@ -5,12 +5,12 @@
 //! open-set and running-set entries and the counters), so a crash leaves either all of it or
 //! none, and the shared in-flight cap is checked in the same step.
 //!
-//! A write Redis refuses for memory is retried like any outage, and noted for
-//! [`crate::memory`], which [`memory`] reads for.
+//! A write Redis refuses for memory fails at once (the caller's loop waits for room) and is
+//! noted for [`crate::memory`], which [`memory`] reads for.
 
 use crate::cas::{Applied, Step, applied};
 use crate::error::{Error, Result};
-use crate::retry::with_backoff;
+use crate::retry::{with_backoff, with_backoff_while};
 use crate::steps::{self, BatchView};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -364,15 +364,19 @@ impl Stager {
         Op: FnMut(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        with_backoff(what, Some(REDIS_BUDGET), || {
+        // A refusal for memory is not retried here: the deliveries a staging holds would wait
+        // unacked, and a settle would hold its pass; the caller's own loop (the consumer's
+        // pause, the next reconcile pass) tries again once the memory watch sees room.
+        let retry = |e: &Error| e.is_transient() && !e.is_redis_full();
+        let call = || {
             let fut = op(self.con.clone());
             async move {
                 fut.await
                     .map_err(|e| self.noted(e))
                     .map_err(Error::redis(what))
             }
-        })
-        .await
+        };
+        with_backoff_while(what, Some(REDIS_BUDGET), call, retry).await
     }
 
     /// Notes a refusal for memory, for [`Stager::take_refused`].
