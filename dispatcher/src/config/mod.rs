@@ -27,6 +27,9 @@ pub mod replicas;
 pub mod runner;
 pub mod validate;
 
+#[cfg(test)]
+mod documented;
+
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use sluice_contract::RunnerEnv;
