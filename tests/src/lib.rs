@@ -399,6 +399,18 @@ pub fn require_binaries() -> Result<()> {
     Ok(())
 }
 
+/// Waits until `done`, polling every 100 ms; fails the test after `within`, naming `what`.
+pub async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs the dispatcher in this process until `stop` is cancelled.
 pub fn spawn_dispatcher(
     config: Config,

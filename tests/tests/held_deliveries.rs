@@ -11,10 +11,10 @@ use sluice_tests::outage::{
     batches, fix_and_check, local_config, publish_workload, runner_script, wait_until_held_back,
 };
 use sluice_tests::servers::{Options, Servers};
-use sluice_tests::{TestEnv, require_binaries, spawn_dispatcher_with};
+use sluice_tests::{TestEnv, require_binaries, spawn_dispatcher_with, wait_until};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Unacked deliveries of `queue` as a private node's `rabbitmqctl` reports them.
@@ -36,15 +36,6 @@ fn assert_nothing_redelivered(all: &[HashMap<String, String>]) {
                 "a delivery went back to the broker: {batch:?}"
             );
         }
-    }
-}
-
-/// Waits until `done`, failing after `within`.
-async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -12,7 +12,7 @@ use sluice_tests::cases::sleepers;
 use sluice_tests::guarantee::record;
 use sluice_tests::outage::batches;
 use sluice_tests::servers::{Options, Servers};
-use sluice_tests::{Outgoing, TestEnv, require_binaries, spawn_dispatcher_with};
+use sluice_tests::{Outgoing, TestEnv, require_binaries, spawn_dispatcher_with, wait_until};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -43,23 +43,20 @@ async fn used_memory(env: &TestEnv) -> u64 {
     sluice_contract::memory::Memory::parse(&info).used
 }
 
-async fn set_maxmemory(env: &TestEnv, bytes: u64) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(bytes)
+/// Runs one command on the test's Redis.
+async fn run(env: &TestEnv, command: &redis::Cmd) {
+    let _: () = command
         .query_async(&mut env.redis().await.unwrap())
         .await
         .unwrap();
 }
 
-/// Waits until `done`, failing after `within`.
-async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn set_maxmemory(env: &TestEnv, bytes: u64) {
+    run(
+        env,
+        redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(bytes),
+    )
+    .await;
 }
 
 /// While full: readiness and `dispatcher status` say why, and nothing is consumed (the queue
@@ -215,12 +212,12 @@ async fn writes_refused_for_memory_mid_run_are_an_outage_that_ends_when_memory_f
 
     // Another client's megabyte, then a maxmemory below what is used: every write is refused
     // from now on, and deleting the filler makes room.
-    let _: () = redis::cmd("SET")
-        .arg(format!("{}:filler", env.prefix))
-        .arg("x".repeat(1_000_000))
-        .query_async(&mut env.redis().await.unwrap())
-        .await
-        .unwrap();
+    let filler = format!("{}:filler", env.prefix);
+    run(
+        &env,
+        redis::cmd("SET").arg(&filler).arg("x".repeat(1_000_000)),
+    )
+    .await;
     set_maxmemory(&env, used_memory(&env).await - 1_000).await;
     let full = Arc::clone(&metrics);
     wait_until("redis full", Duration::from_secs(30), || {
@@ -236,11 +233,7 @@ async fn writes_refused_for_memory_mid_run_are_an_outage_that_ends_when_memory_f
     })
     .await;
 
-    let _: () = redis::cmd("DEL")
-        .arg(format!("{}:filler", env.prefix))
-        .query_async(&mut env.redis().await.unwrap())
-        .await
-        .unwrap();
+    run(&env, redis::cmd("DEL").arg(&filler)).await;
     assert_all_ok_once(
         &env,
         &ids,
