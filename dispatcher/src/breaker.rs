@@ -145,7 +145,6 @@ impl Breaker {
             Mode::Closed => true,
             Mode::Open { probe_at, probing } if !*probing && *probe_at <= Instant::now() => {
                 *probing = true;
-                tracing::info!("launching one job to probe whether runners work again");
                 true
             }
             Mode::Open { .. } => false,
@@ -258,6 +257,12 @@ impl Breaker {
             self.changed.notify_waiters();
         }
         was_open
+    }
+
+    /// Whether the launch [`Breaker::try_admit`] let through is the probe (for its log line,
+    /// written once the launch is applied rather than for every batch that tried).
+    pub fn is_probing(&self) -> bool {
+        matches!(self.lock().mode, Mode::Open { probing: true, .. })
     }
 
     /// A probe could not even be launched: let the next one try.

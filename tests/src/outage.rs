@@ -18,8 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Messages per case (plus the poison one).
-pub const MESSAGES: usize = 240;
+/// Messages per case (plus the poison one): enough that some still wait in RabbitMQ once the
+/// breaker opens. Before it does, each of the real cluster's two replicas stages a fresh batch
+/// of 20 for every failed Job (its retry waits out a delay) and holds 40 in its prefetch
+/// window, about 200 in all, and more when a slow cluster fails a Job more slowly.
+pub const MESSAGES: usize = 400;
 /// The poison message's id.
 pub const POISON: &str = "poison";
 
@@ -181,7 +184,12 @@ pub async fn wait_until_held_back(
             );
             break;
         }
-        assert!(Instant::now() < deadline, "{name}: no outage seen: {all:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{name}: no outage seen: runner record {runner:?}, {} retried, {} waiting in the queue: {all:?}",
+            count(&all, "retried"),
+            env.queue_depth().await.unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // A pausing consumer first fills its prefetch window (and parks it): let that settle, on

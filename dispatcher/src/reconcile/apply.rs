@@ -211,6 +211,9 @@ impl Reconciler {
             }
             return applied.map(|_| None);
         }
+        if inner.breaker.is_probing() {
+            tracing::info!(batch = %view.id, "launching one job to probe whether runners work again");
+        }
         self.start(&view.id, generation, Start::Launch);
         inner.launched.fetch_add(1, Ordering::Relaxed);
         inner.metrics.launched.inc();
