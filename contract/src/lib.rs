@@ -8,6 +8,7 @@
 //! - [`envelope`]: the message body producers send, and how a message id is chosen.
 //! - [`staged`]: the frame a delivery is stored as while its batch waits in Redis.
 //! - [`keys`]: every Redis key name.
+//! - [`dead`]: dead letters: the headers they carry in RabbitMQ, their index in Redis.
 //! - [`kernels_file`]: the exec kernel table (`KERNELS_FILE`): workers in any language.
 //! - [`exit`]: the runner's exit codes, and which of them mean an outage.
 //! - [`record`]: the result record users read back, and batch states.
@@ -17,6 +18,7 @@
 //! - [`tls`]: TLS to RabbitMQ and Redis (CA and client files, the Redis client, failures).
 //! - [`runner_env`]: the runner's environment, produced by the dispatcher, read by the runner.
 
+pub mod dead;
 pub mod envelope;
 pub mod exit;
 pub mod kernels_file;

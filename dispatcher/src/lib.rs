@@ -18,7 +18,8 @@
 //!   of dispatchers whose lease expired, holds the in-flight cap across every dispatcher.
 //! - [`settle`]: decides what an outcome means ([`reason`]: why a Job failed, typed); tells an
 //!   outage (retried whole, later) from a crash while working (its suspects split to isolate
-//!   the poison message, which is dead-lettered once it fails alone).
+//!   the poison message, which is dead-lettered once it fails alone: [`dead_letters`]
+//!   publishes it to the dead-letter queue in RabbitMQ before its result says `dead`).
 //! - [`breaker`]: backoff for outages; after several in a row, holds launches and consumption
 //!   back and probes with one Job at a time until runners work again.
 //! - [`memory`]: Redis's memory watched: a full Redis holds launches and consumption back
@@ -40,6 +41,7 @@ pub mod breaker;
 pub mod cas;
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
 pub mod error;
 pub mod failpoint;
 pub mod health;

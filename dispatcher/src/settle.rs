@@ -15,30 +15,36 @@
 //!   as working that still have no result; every other unfinished message is innocent and is
 //!   staged again as a batch of its own. The suspects are split in two halves, recursively,
 //!   until the culprit is alone; a message whose Job still fails alone gets a `dead` result
-//!   with the Job's failure reason, and its envelope is pushed to `{prefix}:dead`. One poison
+//!   with the Job's failure reason, after the message is published to the dead-letter queue
+//!   ([`crate::dead_letters`]); `{prefix}:dead` indexes it. One poison
 //!   message costs about 2·⌈log2 s⌉ + 1 extra Jobs for s suspects.
 //!
 //! Children's ids are derived from the parent and the step ([`child_id`]), so two dispatchers
-//! settling the same outcome converge on one set of children, one dead-list entry.
+//! settling the same outcome converge on one set of children, one dead-list entry (and, at worst, two copies of the dead letter in its queue).
 
 use crate::cas::Applied;
+use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::error::Result;
 use crate::launcher::Outcome;
 use crate::reason::{Cause, Failure};
 use crate::stage::Stager;
 use crate::steps::{self, BatchView, Child, child_id};
-use serde_json::json;
+use sluice_contract::dead::IndexEntry;
 use sluice_contract::record::{ResultWrite, unix_millis};
 use sluice_contract::{BatchState, Envelope, ResultRecord, StagedMessage, Status};
 use std::collections::HashSet;
 
-/// Settings the dead-letter records need.
-#[derive(Debug, Clone, Copy)]
-pub struct DeadLetterSettings {
+/// Settings the dead-letter records need, and where dead letters are published.
+#[derive(Clone, Copy)]
+pub struct DeadLetterSettings<'a> {
     /// Result expiry in seconds (0 = keep).
     pub ttl_seconds: u64,
     /// Approximate results stream cap.
     pub stream_maxlen: u64,
+    /// Most entries of the dead-letter index.
+    pub index_max: u64,
+    /// The dead-letter queue.
+    pub queue: &'a DeadLetters,
 }
 
 /// What settling an outcome led to.
@@ -182,7 +188,7 @@ pub async fn settle(
     stager: &Stager,
     view: &BatchView,
     outcome: &Outcome,
-    settings: DeadLetterSettings,
+    settings: DeadLetterSettings<'_>,
     retry_at: impl FnOnce(&Failure) -> u64,
 ) -> Result<Settled> {
     let keys = stager.keys();
@@ -230,7 +236,7 @@ pub async fn settle(
             })
         }
         Plan::DeadLetter { failure, message } => {
-            dead_letter(stager, view, &failure, &message, settings).await
+            dead_letter(stager, view, &failure, (&message, runs), settings).await
         }
         Plan::Split { failure, groups } => {
             let children: Vec<Child> = groups
@@ -289,16 +295,27 @@ async fn unfinished(stager: &Stager, batch_id: &str) -> Result<Vec<Unfinished>> 
         .collect())
 }
 
-/// Gives the message a `dead` result, pushes its envelope to `{prefix}:dead` and closes the
-/// batch as `failed`, all in one step.
+/// Publishes the message to the dead-letter queue (confirmed), then gives it a `dead` result,
+/// indexes it in `{prefix}:dead` and closes the batch as `failed`, in one step.
 async fn dead_letter(
     stager: &Stager,
     view: &BatchView,
     failure: &Failure,
-    message: &Unfinished,
-    settings: DeadLetterSettings,
+    (message, runs): (&Unfinished, u64),
+    settings: DeadLetterSettings<'_>,
 ) -> Result<Settled> {
     let reason = format!("gave up: the message's Job failed on its own: {failure}");
+    settings
+        .queue
+        .publish(&DeadLetter {
+            id: &message.id,
+            batch: &view.id,
+            reason: &reason,
+            attempts: runs,
+            message_id: message.message.message_id.as_deref(),
+            body: &message.message.body,
+        })
+        .await?;
     let records = [ResultRecord {
         id: message.id.clone(),
         status: Status::Dead,
@@ -315,14 +332,20 @@ async fn dead_letter(
         settings.ttl_seconds,
         settings.stream_maxlen,
     );
-    let entry = json!({
-        "id": message.id,
-        "batch": view.id,
-        "reason": reason,
-        "body": String::from_utf8_lossy(&message.message.body),
-    })
-    .to_string();
-    let step = steps::dead_letter(stager.keys(), view, failure, &[entry], settings.ttl_seconds);
+    let entry = IndexEntry {
+        id: message.id.clone(),
+        batch: view.id.clone(),
+        reason,
+        attempts: runs,
+        body: None,
+    };
+    let step = steps::dead_letter(
+        stager.keys(),
+        view,
+        failure,
+        &[entry.to_json()],
+        (settings.ttl_seconds, settings.index_max),
+    );
     let applied = stager
         .apply_with_results(&step, &results, "dead-lettering a message")
         .await?;

@@ -17,6 +17,8 @@ pub struct Report {
     pub queue: String,
     /// Messages ready in the queue, and consumers on it; `None` if it does not exist.
     pub queue_depth: Option<(u32, u32)>,
+    /// The dead-letter queue's name, and the messages in it (`None` if it does not exist).
+    pub dead_queue: (String, Option<u32>),
     /// What Redis holds, or why it could not be read (Redis unreachable: nothing is staged,
     /// launched or settled until it answers again).
     pub redis: std::result::Result<Stored, String>,
@@ -73,11 +75,26 @@ pub async fn report(config: &Config) -> Result<Report> {
         .await
         .ok()
         .map(|q| (q.message_count(), q.consumer_count()));
+    let dead_queue = config
+        .broker
+        .dead_letter_route()
+        .map_err(Error::InvalidConfig)?
+        .queue;
+    // A passive declare of a missing queue closes its channel: one of its own.
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(Error::amqp("opening a channel"))?;
+    let dead_count = inspect_queue(&channel, &dead_queue)
+        .await
+        .ok()
+        .map(|q| q.message_count());
     let _ = connection.close(200, "status read".into()).await;
     let redis = read_redis(config).await;
     Ok(Report {
         queue: config.broker.queue.clone(),
         queue_depth,
+        dead_queue: (dead_queue, dead_count),
         redis,
     })
 }
@@ -157,6 +174,10 @@ impl fmt::Display for Report {
                 self.queue
             )?,
             None => writeln!(f, "queue {}: does not exist yet", self.queue)?,
+        }
+        match &self.dead_queue {
+            (name, Some(count)) => writeln!(f, "dead-letter queue {name}: {count} message(s)")?,
+            (name, None) => writeln!(f, "dead-letter queue {name}: none yet")?,
         }
         match &self.redis {
             Ok(stored) => stored.fmt(f),
@@ -239,7 +260,7 @@ impl fmt::Display for Stored {
             stat("redriven"),
             stat("batches")
         )?;
-        write!(f, "dead letters: {}", self.dead_letters)?;
+        write!(f, "dead letters: {} indexed", self.dead_letters)?;
         if self.redriving > 0 {
             // A redrive that stopped part-way; the next one publishes these first.
             write!(

@@ -290,14 +290,15 @@ pub fn replace(
     step
 }
 
-/// Closes a batch whose one message is given up on, pushing its dead-list `entries`; the
-/// `dead` result is written by the same script ([`crate::stage::Stager::apply_with_results`]).
+/// Closes a batch whose one message is given up on, pushing its dead-index `entries` (the
+/// index keeps its newest `index_max`); the `dead` result is written by the same script
+/// ([`crate::stage::Stager::apply_with_results`]).
 pub fn dead_letter(
     keys: &Keys,
     view: &BatchView,
     failure: &Failure,
     entries: &[String],
-    ttl_seconds: u64,
+    (ttl_seconds, index_max): (u64, u64),
 ) -> Step {
     let mut step = Step::new(keys.batch(&view.id), &view.generation);
     let dead = keys.dead();
@@ -306,6 +307,8 @@ pub fn dead_letter(
             .into_iter()
             .chain(entries.iter().map(String::as_str)),
     );
+    let last = index_max.saturating_sub(1).to_string();
+    step.command(["LTRIM", dead.as_str(), "0", last.as_str()]);
     close_into(
         &mut step,
         keys,

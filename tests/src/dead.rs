@@ -4,10 +4,14 @@
 
 use crate::{TestEnv, binary};
 use anyhow::{Context as _, Result, bail};
+use lapin::options::BasicGetOptions;
+use lapin::types::AMQPValue;
 use redis::AsyncCommands;
 use serde_json::json;
+use sluice_contract::dead::IndexEntry;
 use sluice_contract::record::{ResultWrite, WRITE_RESULTS_LUA, unix_millis};
 use sluice_contract::{Keys, ResultRecord, Status};
+use sluice_dispatcher::dead_letters::{DeadLetter, DeadLetters};
 use std::path::PathBuf;
 
 /// Writes a `RUNNER_BIN` for `env` standing for a runner build with a bug: the real runner
@@ -88,11 +92,58 @@ impl TestEnv {
             .collect())
     }
 
-    /// Dead-letters echo messages `ids` exactly as the dispatcher's settle step does: a `dead`
-    /// result through the write-once script, and a JSON entry pushed to `{prefix}:dead`.
+    /// Dead-letters echo messages `ids` exactly as the dispatcher's settle step does: each
+    /// published to the dead-letter queue (confirmed), then a `dead` result through the
+    /// write-once script and an index entry pushed to `{prefix}:dead`.
     pub async fn dead_letter_directly(&self, ids: &[&str]) -> Result<()> {
-        let (keys, batch) = (self.keys(), "b-direct");
+        let batch = "b-direct";
         let reason = "gave up: the message's Job failed on its own: BackoffLimitExceeded";
+        let queue = DeadLetters::new(&self.config(&[])?.broker);
+        for id in ids {
+            let body = json!({"id": id, "kernel": "echo", "input": id}).to_string();
+            queue
+                .publish(&DeadLetter {
+                    id,
+                    batch,
+                    reason,
+                    attempts: 2,
+                    message_id: Some(id),
+                    body: body.as_bytes(),
+                })
+                .await?;
+        }
+        let entries: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                IndexEntry {
+                    id: (*id).to_owned(),
+                    batch: batch.into(),
+                    reason: reason.into(),
+                    attempts: 2,
+                    body: None,
+                }
+                .to_json()
+            })
+            .collect();
+        self.write_dead(ids, batch, reason, &entries).await
+    }
+
+    /// An index entry as sluice 0.1 wrote it, with the body and no copy in the queue.
+    pub async fn dead_letter_old_style(&self, id: &str) -> Result<()> {
+        let (batch, reason) = ("b-old", "gave up: the message's Job failed on its own");
+        let body = json!({"id": id, "kernel": "echo", "input": id}).to_string();
+        let entry = json!({"id": id, "batch": batch, "reason": reason, "body": body}).to_string();
+        self.write_dead(&[id], batch, reason, &[entry]).await
+    }
+
+    async fn write_dead(
+        &self,
+        ids: &[&str],
+        batch: &str,
+        reason: &str,
+        entries: &[String],
+    ) -> Result<()> {
+        let keys = self.keys();
         let records: Vec<ResultRecord> = ids
             .iter()
             .map(|id| ResultRecord {
@@ -106,13 +157,6 @@ impl TestEnv {
             })
             .collect();
         let call = ResultWrite::new(&keys, batch, &records, 0, 10_000);
-        let entries: Vec<String> = ids
-            .iter()
-            .map(|id| {
-                let body = json!({"id": id, "kernel": "echo", "input": id}).to_string();
-                json!({"id": id, "batch": batch, "reason": reason, "body": body}).to_string()
-            })
-            .collect();
         redis::pipe()
             .cmd("EVAL")
             .arg(WRITE_RESULTS_LUA)
@@ -120,10 +164,37 @@ impl TestEnv {
             .arg(&call.keys[..])
             .arg(&call.args[..])
             .ignore()
-            .lpush(keys.dead(), &entries[..])
+            .lpush(keys.dead(), entries)
             .ignore()
             .query_async::<()>(&mut self.redis().await?)
             .await?;
         Ok(())
+    }
+
+    /// The messages in the test's dead-letter queue (`<queue>.dead`), oldest first, left
+    /// there: fetched unacked, returned when the channel closes.
+    pub async fn dead_queue(&self) -> Result<Vec<lapin::message::Delivery>> {
+        let connection = self.amqp().await?;
+        let channel = connection.create_channel().await?;
+        let queue = format!("{}.dead", self.queue);
+        let mut messages = Vec::new();
+        while let Some(got) = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            messages.push(got.delivery);
+        }
+        connection.close(200, "read".into()).await?;
+        Ok(messages)
+    }
+}
+
+/// A header of a dead letter as text.
+pub fn header(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        other => Some(format!("{other:?}")),
     }
 }

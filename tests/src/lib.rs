@@ -346,6 +346,13 @@ impl TestEnv {
         channel
             .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
+        // The dead-letter queue the dispatcher declared for this test's queue, if it did.
+        channel
+            .queue_delete(
+                format!("{}.dead", self.queue).as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await?;
         connection.close(200, "cleaned".into()).await?;
         let mut con = self.redis().await?;
         let keys: Vec<String> = {

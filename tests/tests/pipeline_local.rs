@@ -180,9 +180,14 @@ async fn a_message_that_kills_its_runner_is_isolated_and_dead_lettered() {
         assert_eq!(result["status"], "ok", "{id} is not poison: {result:?}");
     }
     assert_eq!(dead.len(), 1);
+    assert!(dead[0].contains("\"poison\""), "{dead:?}");
+    // The message itself is in the dead-letter queue, as it was sent.
+    let letters = env.dead_queue().await.unwrap();
+    assert_eq!(letters.len(), 1, "one dead letter");
+    let body = String::from_utf8_lossy(&letters[0].data);
     assert!(
-        dead[0].contains("\"poison\"") && dead[0].contains("crash"),
-        "{dead:?}"
+        body.contains("\"poison\"") && body.contains("crash"),
+        "{body}"
     );
     assert_eq!(
         env.stream_len().await.unwrap(),

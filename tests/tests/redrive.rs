@@ -9,8 +9,9 @@
 use redis::AsyncCommands;
 use serde_json::json;
 use sluice_contract::Keys;
+use sluice_contract::dead;
 use sluice_dispatcher::redrive::{self, Selector};
-use sluice_tests::dead::buggy_runner;
+use sluice_tests::dead::{buggy_runner, header};
 use sluice_tests::{Outgoing, TestEnv, binary, require_binaries, spawn_dispatcher};
 use std::process::Output;
 use std::time::Duration;
@@ -61,6 +62,35 @@ async fn dead_letter_with_buggy_runner(env: &TestEnv, ids: &[&str], batch_size: 
     }
 }
 
+/// Each of `ids` is in the dead-letter queue, and nothing else: its body as sent, and why in
+/// headers.
+async fn assert_in_dead_letter_queue(env: &TestEnv, ids: &[&str]) {
+    let letters = env.dead_queue().await.unwrap();
+    let mut in_queue: Vec<String> = letters
+        .iter()
+        .map(|d| header(d, dead::ID).unwrap())
+        .collect();
+    in_queue.sort();
+    assert_eq!(in_queue, ids);
+    for letter in &letters {
+        let id = header(letter, dead::ID).unwrap();
+        assert_eq!(letter.data, echo(&id).body, "{id}: the body byte for byte");
+        assert_eq!(
+            header(letter, dead::BATCH).unwrap(),
+            env.dead_batch(&id).await.unwrap()
+        );
+        assert!(
+            header(letter, dead::REASON).unwrap().contains("signal 6"),
+            "{id}"
+        );
+        let attempts: u64 = header(letter, dead::ATTEMPTS).unwrap().parse().unwrap();
+        assert_eq!(
+            attempts, 1,
+            "{id}: JOB_BACKOFF_LIMIT 0 runs its Job's pod once"
+        );
+    }
+}
+
 type Dispatcher =
     tokio::task::JoinHandle<sluice_dispatcher::Result<sluice_dispatcher::serve::Summary>>;
 
@@ -95,6 +125,11 @@ async fn a_message_killed_by_a_since_fixed_runner_bug_is_redriven_by_id_once_and
     dead_letter_with_buggy_runner(&env, &["plain-1", "tricky-1", "plain-2", "tricky-2"], 4).await;
     let before = env.dead_list().await.unwrap();
     assert_eq!(before.len(), 2, "{before:?}");
+    assert!(
+        before.iter().all(|e| !e.contains("body")),
+        "the index keeps no body: {before:?}"
+    );
+    assert_in_dead_letter_queue(&env, &["tricky-1", "tricky-2"]).await;
 
     // The dry run lists exactly the one and changes nothing.
     let one = Selector::Ids(vec!["tricky-1".into()]);
@@ -133,6 +168,18 @@ async fn a_message_killed_by_a_since_fixed_runner_bug_is_redriven_by_id_once_and
         "only tricky-1 left the dead list: {after:?}"
     );
     assert_eq!(env.result("tricky-2").await.unwrap()["status"], "dead");
+    let left: Vec<String> = env
+        .dead_queue()
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| header(d, dead::ID).unwrap())
+        .collect();
+    assert_eq!(
+        left,
+        ["tricky-2"],
+        "the redriven one left the dead-letter queue"
+    );
 
     // Exactly once: a second redrive of the same id finds nothing to do.
     let again = redrive::run(&config, &one).await.unwrap();
@@ -204,7 +251,12 @@ async fn the_binary_redrives_by_arrival_batch_then_all_and_a_bare_redrive_only_p
     assert_eq!(env.result("tricky-b").await.unwrap()["status"], "dead");
     let status = stdout(&dispatcher_cli(&env, &[], &["status"]).await);
     assert!(
-        status.contains("dead 2, redriven 1") && status.contains("dead letters: 1\n"),
+        status.contains("dead 2, redriven 1")
+            && status.contains("dead letters: 1 indexed\n")
+            && status.contains(&format!(
+                "dead-letter queue {}.dead: 1 message(s)\n",
+                env.queue
+            )),
         "{status}"
     );
 
@@ -259,6 +311,11 @@ async fn a_redrive_killed_after_taking_is_completed_by_the_next_run() {
     // Taken, results deleted, nothing published: only the redrive list knows them now.
     assert_eq!(env.redrive_list().await.unwrap().len(), 3);
     assert!(env.dead_list().await.unwrap().is_empty());
+    assert_eq!(
+        env.dead_queue().await.unwrap().len(),
+        3,
+        "the killed run's copies went back to the dead-letter queue"
+    );
     assert!(env.result("d1").await.unwrap().is_empty());
     assert_eq!(env.queue_depth().await.unwrap(), 0);
 
@@ -283,6 +340,7 @@ async fn a_redrive_killed_after_taking_is_completed_by_the_next_run() {
         )
     );
     assert!(env.redrive_list().await.unwrap().is_empty());
+    assert!(env.dead_queue().await.unwrap().is_empty());
 
     let (stop, dispatcher) = fixed_dispatcher(&env);
     let ids: Vec<String> = ids.iter().map(|&id| id.to_owned()).collect();
@@ -368,8 +426,13 @@ async fn duplicate_stale_and_unreadable_dead_letters_are_published_once_or_left_
     let env = TestEnv::new("redrive-odd").await.unwrap();
     let config = env.config(&[]).unwrap();
     // "twice" was dead-lettered twice (as a replayed settle can do); "stale" died, yet has
-    // an ok result by now; one entry is not a dead letter at all.
-    env.dead_letter_directly(&["twice", "stale"]).await.unwrap();
+    // an ok result by now; one entry is not a dead letter at all; "old" was dead-lettered by
+    // sluice 0.1, with its body in the index and no copy in the queue.
+    // "trimmed" is in the dead-letter queue only: the index's cap dropped its entry.
+    env.dead_letter_directly(&["twice", "stale", "trimmed"])
+        .await
+        .unwrap();
+    env.dead_letter_old_style("old").await.unwrap();
     let mut con = env.redis().await.unwrap();
     let keys = Keys::new(&env.prefix);
     let twice = env
@@ -387,11 +450,19 @@ async fn duplicate_stale_and_unreadable_dead_letters_are_published_once_or_left_
         .hset(keys.result("stale"), "status", "ok")
         .await
         .unwrap();
+    let trimmed = env
+        .dead_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.contains("\"trimmed\""))
+        .unwrap();
+    let _: () = con.lrem(keys.dead(), 1, trimmed).await.unwrap();
 
     let plan = redrive::plan(&config, &Selector::All).await.unwrap();
     assert_eq!(
         (plan.selected.len(), plan.would_publish(), plan.unreadable),
-        (3, 1, 1),
+        (5, 3, 1),
         "{plan:?}"
     );
     let summary = redrive::run(&config, &Selector::All).await.unwrap();
@@ -402,11 +473,19 @@ async fn duplicate_stale_and_unreadable_dead_letters_are_published_once_or_left_
             summary.unreadable,
             summary.left_dead
         ),
-        (1, 1, 1, 1),
+        (3, 1, 1, 1),
         "{summary:?}"
     );
-    assert_eq!(env.queue_depth().await.unwrap(), 1, "twice goes out once");
+    assert_eq!(
+        env.queue_depth().await.unwrap(),
+        3,
+        "twice goes out once, old and trimmed once each"
+    );
     assert_eq!(env.dead_list().await.unwrap(), ["not json"]);
+    assert!(
+        env.dead_queue().await.unwrap().is_empty(),
+        "the copies of the redriven and of the stale one are acked"
+    );
     assert!(env.redrive_list().await.unwrap().is_empty());
     assert_eq!(env.result("stale").await.unwrap()["status"], "ok");
     env.cleanup().await.unwrap();

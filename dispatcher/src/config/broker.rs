@@ -32,9 +32,66 @@ pub struct Broker {
     /// queue is used as it is), such as `{"x-queue-type":"quorum"}`.
     #[serde(default)]
     pub queue_arguments: Option<String>,
+    /// The queue dead letters are kept in and `dispatcher redrive` reads (default
+    /// `<QUEUE>.dead`); declared durable when missing, unless an exchange is given.
+    #[serde(default)]
+    pub dead_letter_queue: Option<String>,
+    /// The exchange dead letters are published to, when it is not the default one: by
+    /// default the `x-dead-letter-exchange` of `QUEUE_ARGUMENTS`, with its
+    /// `x-dead-letter-routing-key` (else the queue's name) as RabbitMQ routes its own.
+    #[serde(default)]
+    pub dead_letter_exchange: Option<String>,
+}
+
+/// Where dead letters go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRoute {
+    /// Exchange ("" for the default one).
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// The queue they are read back from.
+    pub queue: String,
+}
+
+impl DeadLetterRoute {
+    /// Whether sluice declares the queue when it is missing: only when it publishes straight
+    /// to it (a user's exchange routes to queues the user binds).
+    pub fn declares_queue(&self) -> bool {
+        self.exchange.is_empty()
+    }
 }
 
 impl Broker {
+    /// Where dead letters are published and read back from.
+    pub fn dead_letter_route(&self) -> Result<DeadLetterRoute, String> {
+        let queue = self
+            .dead_letter_queue
+            .clone()
+            .filter(|q| !q.is_empty())
+            .unwrap_or_else(|| format!("{}.dead", self.queue));
+        let arguments = queue_arguments(self.queue_arguments.as_deref())?;
+        let argument = |name: &str| match arguments.inner().get(name) {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        let exchange = self
+            .dead_letter_exchange
+            .clone()
+            .or_else(|| argument("x-dead-letter-exchange"))
+            .unwrap_or_default();
+        let routing_key = if exchange.is_empty() {
+            queue.clone()
+        } else {
+            argument("x-dead-letter-routing-key").unwrap_or_else(|| self.queue.clone())
+        };
+        Ok(DeadLetterRoute {
+            exchange,
+            routing_key,
+            queue,
+        })
+    }
+
     /// The TLS files for the broker.
     pub fn tls(&self) -> TlsFiles {
         TlsFiles {
@@ -127,5 +184,51 @@ mod tests {
         for bad in ["[1]", "{\"a\":[1]}", "nope", r#"{"x-queue-type":"stream"}"#] {
             assert!(queue_arguments(Some(bad)).is_err(), "{bad}");
         }
+    }
+
+    fn broker(queue_arguments: Option<&str>, exchange: Option<&str>) -> Broker {
+        Broker {
+            amqp_url: d::amqp_url(),
+            queue: "jobs".into(),
+            max_message_bytes: 1,
+            amqp_ca_file: None,
+            amqp_cert_file: None,
+            amqp_key_file: None,
+            queue_arguments: queue_arguments.map(str::to_owned),
+            dead_letter_queue: None,
+            dead_letter_exchange: exchange.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn dead_letters_go_to_the_queue_s_own_exchange_else_straight_to_their_queue() {
+        let own = broker(None, None).dead_letter_route().unwrap();
+        assert_eq!(
+            (
+                own.exchange.as_str(),
+                own.routing_key.as_str(),
+                own.queue.as_str()
+            ),
+            ("", "jobs.dead", "jobs.dead")
+        );
+        assert!(own.declares_queue());
+        let dlx = broker(Some(r#"{"x-dead-letter-exchange":"dlx"}"#), None)
+            .dead_letter_route()
+            .unwrap();
+        assert_eq!(
+            (dlx.exchange.as_str(), dlx.routing_key.as_str()),
+            ("dlx", "jobs")
+        );
+        assert!(!dlx.declares_queue());
+        let keyed = broker(
+            Some(r#"{"x-dead-letter-exchange":"dlx","x-dead-letter-routing-key":"k"}"#),
+            Some("theirs"),
+        )
+        .dead_letter_route()
+        .unwrap();
+        assert_eq!(
+            (keyed.exchange.as_str(), keyed.routing_key.as_str()),
+            ("theirs", "k")
+        );
     }
 }

@@ -25,6 +25,10 @@ pub struct Redis {
     /// Approximate cap on the results stream.
     #[serde(default = "d::results_maxlen")]
     pub results_maxlen: u64,
+    /// Most entries kept in the dead-letter index `{prefix}:dead` (the messages themselves
+    /// are in the dead-letter queue).
+    #[serde(default = "d::dead_index_max")]
+    pub dead_index_max: u64,
     /// Secret holding the Redis URL for runner pods.
     #[serde(default = "d::redis_secret_name")]
     pub redis_secret_name: String,
@@ -78,6 +82,9 @@ mod d {
     }
     pub fn redis_pause_percent() -> u8 {
         90
+    }
+    pub fn dead_index_max() -> u64 {
+        10_000
     }
     pub fn results_maxlen() -> u64 {
         defaults::DEFAULT_RESULTS_MAXLEN

@@ -38,7 +38,19 @@ fn broker(config: &Config) -> Result<(), String> {
             ));
         }
     }
-    super::broker::queue_arguments(broker.queue_arguments.as_deref()).map(drop)
+    let route = broker.dead_letter_route()?;
+    if route.queue == broker.queue
+        || (route.exchange.is_empty() && route.routing_key == broker.queue)
+    {
+        return Err(format!(
+            "DEAD_LETTER_QUEUE {} is the work queue: dead letters would run again at once",
+            route.queue
+        ));
+    }
+    if config.redis.dead_index_max == 0 {
+        return Err("DEAD_INDEX_MAX must be at least 1".into());
+    }
+    Ok(())
 }
 
 fn limits(config: &Config) -> Result<(), String> {

@@ -263,6 +263,8 @@ impl Reconciler {
         let settings = DeadLetterSettings {
             ttl_seconds: inner.config.redis.result_ttl_seconds,
             stream_maxlen: inner.config.redis.results_maxlen,
+            index_max: inner.config.redis.dead_index_max,
+            queue: &inner.dead_letters,
         };
         let breaker = &inner.breaker;
         // Lost with its dispatcher: no sign the runners are unhealthy.

@@ -30,6 +30,7 @@ pub mod lease;
 
 use crate::breaker::Breaker;
 use crate::config::Config;
+use crate::dead_letters::DeadLetters;
 use crate::error::Error;
 use crate::launcher::{FailureKind, Launcher, Outcome, Running};
 use crate::metrics::Metrics;
@@ -59,6 +60,7 @@ struct Inner {
     stager: Stager,
     launcher: Box<dyn Launcher>,
     breaker: Arc<Breaker>,
+    dead_letters: DeadLetters,
     metrics: Arc<Metrics>,
     sizer: Arc<Sizer>,
     /// This dispatcher's id (leases, batch owners).
@@ -94,6 +96,7 @@ impl Reconciler {
         let (events, inbox) = mpsc::unbounded_channel();
         let breaker = Arc::new(Breaker::new(&config.outages, Arc::clone(&metrics)));
         let inner = Inner {
+            dead_letters: DeadLetters::new(&config.broker),
             config,
             stager,
             launcher,

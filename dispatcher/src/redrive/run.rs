@@ -1,19 +1,19 @@
-//! One redrive run: take the lease, re-publish an interrupted run's leftovers, then take,
-//! publish and release the selected dead letters a chunk at a time.
+//! One redrive run: take the lease, fetch the dead-letter queue's copies, re-publish an
+//! interrupted run's leftovers, then take, publish, ack and release the selected dead letters
+//! a chunk at a time.
 
+use super::plan::{messages, read_plan, unreadable};
+use super::queue::DeadQueue;
+use super::requeue::{Outgoing, Requeue};
 use super::store::{Lease, Store, Take};
-use super::{Candidate, DeadLetter, Plan, Selector, connect, messages, read_plan, unreadable};
-use crate::amqp::{connect as amqp_connect, ensure_queue};
+use super::{Candidate, DeadLetter, Plan, Selector, connect};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::failpoint::Failpoint;
 use crate::publish::styled;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use indicatif::ProgressBar;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::BasicProperties;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -37,6 +37,8 @@ pub struct Summary {
     pub gone: usize,
     /// Requested ids with no entry in the dead list.
     pub not_dead: Vec<String>,
+    /// Selected ids still dead with no copy in the dead-letter queue, left as they are.
+    pub missing: Vec<String>,
     /// Unreadable dead-list entries, left where they are.
     pub unreadable: usize,
     /// Entries in the dead list when the run ended.
@@ -54,14 +56,28 @@ pub async fn run(config: &Config, selector: &Selector) -> Result<Summary> {
     outcome
 }
 
-/// The run, once the lease is held: only now are entries in `{prefix}:redrive` leftovers.
+/// The run, once the lease is held: only now are entries in `{prefix}:redrive` leftovers, and
+/// the copies fetched from the dead-letter queue are this run's until it closes them.
 async fn leased(
     config: &Config,
     selector: &Selector,
     store: &mut Store,
     lease: &Lease,
 ) -> Result<Summary> {
-    let plan = read_plan(store, selector, &config.broker.queue).await?;
+    let copies = DeadQueue::read(config).await?;
+    let outcome = with_copies(config, selector, store, lease, &copies).await;
+    copies.close().await;
+    outcome
+}
+
+async fn with_copies(
+    config: &Config,
+    selector: &Selector,
+    store: &mut Store,
+    lease: &Lease,
+    copies: &DeadQueue,
+) -> Result<Summary> {
+    let plan = read_plan(store, selector, &config.broker.queue, copies).await?;
     let requeue = Requeue::connect(config).await?;
     let progress = styled(ProgressBar::new(
         (plan.leftover.len() + plan.selected.len()) as u64,
@@ -70,12 +86,14 @@ async fn leased(
         store,
         lease,
         requeue: &requeue,
+        copies,
         progress: &progress,
         failpoint: Failpoint::parse(config.service.sluice_failpoint.as_deref()),
         published: HashSet::new(),
         summary: Summary {
             queue: plan.queue.clone(),
             not_dead: plan.not_dead.clone(),
+            missing: plan.missing.clone(),
             unreadable: plan.unreadable,
             ..Summary::default()
         },
@@ -92,6 +110,7 @@ struct Run<'a> {
     store: &'a mut Store,
     lease: &'a Lease,
     requeue: &'a Requeue,
+    copies: &'a DeadQueue,
     progress: &'a ProgressBar,
     failpoint: Failpoint,
     /// Ids published by this run: an id listed twice (dead-lettered twice) goes out once.
@@ -110,30 +129,57 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Re-publishes entries an interrupted run took; one whose message has a result by now
-    /// (the interrupted run's publish got through and ran) is only released.
+    /// What re-publishing `letter` sends: its copy in the dead-letter queue, else the body an
+    /// index entry of sluice 0.1 kept; `None` when neither is there.
+    fn outgoing<'l>(copies: &'l DeadQueue, letter: &'l DeadLetter) -> Option<Outgoing<'l>> {
+        if let Some(copy) = copies.of(&letter.id, &letter.batch).next() {
+            return Some(Outgoing {
+                id: &letter.id,
+                body: &copy.body,
+                properties: copy.properties.clone(),
+            });
+        }
+        letter.body.as_ref().map(|body| Outgoing {
+            id: &letter.id,
+            body: body.as_bytes(),
+            properties: properties(letter),
+        })
+    }
+
+    /// Re-publishes entries an interrupted run took. One whose message has a result by now
+    /// (the interrupted run's publish got through and ran), or whose copy is gone from the
+    /// dead-letter queue (acked only once its publish was confirmed), is only released.
     async fn recover(&mut self, chunk: &[DeadLetter]) -> Result<()> {
         self.store.renew(self.lease).await?;
         let ids: Vec<&str> = chunk.iter().map(|l| l.id.as_str()).collect();
         let statuses = self.store.statuses(&ids).await?;
         let mut publish = Vec::new();
         for (letter, status) in chunk.iter().zip(statuses) {
-            if status.is_some() {
-                self.summary.finished += 1;
-                self.progress.inc(1);
-            } else if self.published.insert(letter.id.clone()) {
-                publish.push(letter);
-            } else {
-                self.progress.inc(1);
+            let outgoing = Self::outgoing(self.copies, letter);
+            match outgoing {
+                Some(outgoing) if status.is_none() && self.published.insert(letter.id.clone()) => {
+                    publish.push(outgoing);
+                    continue;
+                }
+                Some(_) if status.is_none() => {}
+                _ => self.summary.finished += 1,
             }
+            self.progress.inc(1);
         }
         self.summary.recovered += publish.len();
-        let release = chunk.iter().map(|l| l.entry.as_str()).collect();
-        self.publish_and_release(&publish, release).await
+        self.publish_and_release(publish, chunk.iter().collect())
+            .await
     }
 
-    /// Takes a chunk of selected entries, publishes the taken ones and releases them.
+    /// Takes a chunk of selected entries (putting back in the index those only the queue
+    /// had), publishes the taken ones and releases them.
     async fn redrive(&mut self, chunk: &[Candidate]) -> Result<()> {
+        let unindexed: Vec<&str> = chunk
+            .iter()
+            .filter(|c| !c.letter.indexed)
+            .map(|c| c.letter.entry.as_str())
+            .collect();
+        self.store.restore(&unindexed).await?;
         let entries: Vec<(&str, &str)> = chunk
             .iter()
             .map(|c| (c.letter.id.as_str(), c.letter.entry.as_str()))
@@ -141,117 +187,53 @@ impl Run<'_> {
         let outcomes = self.store.take(self.lease, &entries).await?;
         self.failpoint.hit("redrive-taken");
         let mut publish = Vec::new();
-        let mut taken = Vec::new();
+        let mut done = Vec::new();
         for (candidate, take) in chunk.iter().zip(outcomes) {
             let letter = &candidate.letter;
             match take {
                 Take::Taken => {
-                    taken.push(letter.entry.as_str());
-                    if self.published.insert(letter.id.clone()) {
-                        publish.push(letter);
+                    done.push(letter);
+                    if self.published.insert(letter.id.clone())
+                        && let Some(outgoing) = Self::outgoing(self.copies, letter)
+                    {
+                        publish.push(outgoing);
                         continue;
                     }
                 }
-                Take::Finished => self.summary.finished += 1,
+                Take::Finished => {
+                    self.summary.finished += 1;
+                    done.push(letter);
+                }
                 Take::Gone => self.summary.gone += 1,
             }
             self.progress.inc(1);
         }
-        self.publish_and_release(&publish, taken).await
+        self.publish_and_release(publish, done).await
     }
 
-    /// Publishes `publish` and, once every one is confirmed, removes the `release` entries
-    /// (theirs and any duplicates') from `{prefix}:redrive`.
+    /// Publishes `publish` and, once every one is confirmed, acks the copies in the dead-letter
+    /// queue of `done` and removes their entries from `{prefix}:redrive`.
     async fn publish_and_release(
         &mut self,
-        publish: &[&DeadLetter],
-        release: Vec<&str>,
+        publish: Vec<Outgoing<'_>>,
+        done: Vec<&DeadLetter>,
     ) -> Result<()> {
-        self.requeue.publish(publish, self.progress).await?;
+        self.requeue.publish(&publish, self.progress).await?;
         self.summary.requeued += publish.len();
         self.failpoint.hit("redrive-published");
-        self.store.release(&release).await
+        let letters: Vec<(&str, &str)> = done
+            .iter()
+            .map(|l| (l.id.as_str(), l.batch.as_str()))
+            .collect();
+        self.copies.ack(&letters).await?;
+        let entries: Vec<&str> = done.iter().map(|l| l.entry.as_str()).collect();
+        self.store.release(&entries).await
     }
 }
 
-/// The channel dead letters are published on, with publisher confirms.
-struct Requeue {
-    connection: Connection,
-    channel: Channel,
-    queue: String,
-}
-
-impl Requeue {
-    async fn connect(config: &Config) -> Result<Self> {
-        let connection = amqp_connect(&config.broker, "sluice-redrive").await?;
-        ensure_queue(&connection, &config.broker).await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(Error::amqp("opening a channel"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(Error::amqp("enabling publisher confirms"))?;
-        Ok(Self {
-            connection,
-            channel,
-            queue: config.broker.queue.clone(),
-        })
-    }
-
-    /// Publishes each letter's body, persistent and mandatory (a message the broker cannot
-    /// route comes back as an error rather than vanishing), and waits for every confirm.
-    async fn publish(&self, letters: &[&DeadLetter], progress: &ProgressBar) -> Result<()> {
-        let mandatory = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let mut pending = FuturesUnordered::new();
-        for letter in letters {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    "".into(),
-                    self.queue.as_str().into(),
-                    mandatory,
-                    letter.body.as_bytes(),
-                    properties(letter),
-                )
-                .await
-                .map_err(Error::amqp("publishing a dead letter"))?;
-            pending.push(confirm);
-        }
-        while let Some(confirm) = pending.next().await {
-            self.check(confirm.map_err(Error::amqp("waiting for a publisher confirm"))?)?;
-            progress.inc(1);
-        }
-        Ok(())
-    }
-
-    /// A confirm is only an ack without a returned message: a mandatory publish that could not
-    /// be routed is acked too, and comes back.
-    fn check(&self, confirmation: Confirmation) -> Result<()> {
-        let reason = if !confirmation.is_ack() {
-            "nacked".to_owned()
-        } else if confirmation.take_message().is_some() {
-            format!("returned: queue {} does not exist", self.queue)
-        } else {
-            return Ok(());
-        };
-        Err(Error::BrokerRefused { reason })
-    }
-
-    async fn close(&self) {
-        if let Err(e) = self.connection.close(200, "redriven".into()).await {
-            tracing::debug!(error = %e, "closing the rabbitmq connection");
-        }
-    }
-}
-
-/// Persistent, keyed by the letter's id so the re-run's result is keyed as before. An id too
-/// long for the property (over 255 bytes) can only have come from the body's `id`, which still
-/// carries it.
+/// For a 0.1 index entry's body: persistent, keyed by the letter's id so the re-run's result
+/// is keyed as before. An id too long for the property (over 255 bytes) can only have come
+/// from the body's `id`, which still carries it.
 fn properties(letter: &DeadLetter) -> BasicProperties {
     let properties = BasicProperties::default().with_delivery_mode(2);
     match ShortString::try_new(letter.id.as_str()) {
@@ -291,10 +273,17 @@ impl fmt::Display for Summary {
                 self.not_dead.join(", ")
             )?;
         }
+        if !self.missing.is_empty() {
+            writeln!(
+                f,
+                "redrive: not in the dead-letter queue, left as they are: {}",
+                self.missing.join(", ")
+            )?;
+        }
         if self.unreadable > 0 {
             writeln!(
                 f,
-                "redrive: {} (no id or body) left as is",
+                "redrive: {} (no id) left as is",
                 unreadable(self.unreadable)
             )?;
         }

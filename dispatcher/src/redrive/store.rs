@@ -241,6 +241,18 @@ impl Store {
             .collect())
     }
 
+    /// Puts entries back at the old end of `{prefix}:dead` (dead letters in the queue whose
+    /// entry the index's cap dropped), so the take script finds them.
+    pub async fn restore(&mut self, entries: &[&str]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.con
+            .rpush::<_, _, ()>(self.keys.dead(), entries)
+            .await
+            .map_err(Error::redis("restoring dead-letter index entries"))
+    }
+
     /// Removes entries from `{prefix}:redrive` once their messages are confirmed on the queue
     /// (or found already finished).
     pub async fn release(&mut self, entries: &[&str]) -> Result<()> {
