@@ -49,6 +49,18 @@ pub struct ResultRecord {
     pub duration_us: u64,
     /// Unix time in milliseconds when the result was written.
     pub finished_at: u64,
+    /// Where the message asked its result to be replied (its `reply_to`), if it did.
+    pub reply: Option<Reply>,
+}
+
+/// A message's `reply_to` and `correlation_id`: its result's stream entry carries them, and the
+/// dispatcher publishes the result there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The routing key on the default exchange (a queue, or `amq.rabbitmq.reply-to…`).
+    pub to: String,
+    /// Handed back as the reply's `correlation_id`.
+    pub correlation_id: Option<String>,
 }
 
 impl ResultRecord {
@@ -69,7 +81,7 @@ macro_rules! write_results_body {
 local ttl = tonumber(ARGV[1])
 local written, by_status, count = {}, {}, 0
 for i = 1, #KEYS - 3 do
-  local key, a = KEYS[3 + i], 3 + (i - 1) * 7
+  local key, a = KEYS[3 + i], 3 + (i - 1) * 9
   if redis.call('EXISTS', key) == 1 then
     written[i] = 0
   else
@@ -77,7 +89,12 @@ for i = 1, #KEYS - 3 do
     redis.call('HSET', key, 'status', status, ARGV[a + 3], ARGV[a + 4], 'kernel', ARGV[a + 5],
       'batch', ARGV[3], 'duration_us', ARGV[a + 6], 'finished_at', ARGV[a + 7])
     if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'id', ARGV[a + 1], 'status', status)
+    if ARGV[a + 8] == '' then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'id', ARGV[a + 1], 'status', status)
+    else
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'id', ARGV[a + 1], 'status', status,
+        'reply_to', ARGV[a + 8], 'correlation_id', ARGV[a + 9])
+    end
     by_status[status] = (by_status[status] or 0) + 1
     count = count + 1
     written[i] = 1
@@ -99,7 +116,8 @@ if errors > 0 then redis.call('HINCRBY', KEYS[3], 'errors', errors) end
 ///
 /// KEYS: results stream, stats hash, batch hash, then one result hash per record.
 /// ARGV: ttl seconds (0 = keep), stream maxlen, batch id, then [`ARGS_PER_RESULT`] per record:
-/// id, status, detail field, detail, kernel, `duration_us`, `finished_at`.
+/// id, status, detail field, detail, kernel, `duration_us`, `finished_at`, `reply_to` and
+/// `correlation_id` (both empty when no reply is asked for; else the stream entry carries them).
 /// Returns one integer per record: 1 when written, 0 when it already existed.
 pub const WRITE_RESULTS_LUA: &str = concat!(write_results_body!(), "return written\n");
 
@@ -109,7 +127,7 @@ pub const WRITE_RESULTS_LUA: &str = concat!(write_results_body!(), "return writt
 pub const WRITE_RESULTS_BODY: &str = write_results_body!();
 
 /// ARGV entries [`WRITE_RESULTS_LUA`] takes per record.
-pub const ARGS_PER_RESULT: usize = 7;
+pub const ARGS_PER_RESULT: usize = 9;
 
 /// One call of [`WRITE_RESULTS_LUA`]: the KEYS and ARGV for results of one batch, borrowing
 /// the records' strings rather than copying them.
@@ -149,6 +167,14 @@ impl<'a> ResultWrite<'a> {
                 Cow::Borrowed(record.kernel.as_str()),
                 Cow::Owned(record.duration_us.to_string()),
                 Cow::Owned(record.finished_at.to_string()),
+                Cow::Borrowed(record.reply.as_ref().map_or("", |r| r.to.as_str())),
+                Cow::Borrowed(
+                    record
+                        .reply
+                        .as_ref()
+                        .and_then(|r| r.correlation_id.as_deref())
+                        .unwrap_or(""),
+                ),
             ]);
         }
         Self {
@@ -238,6 +264,7 @@ mod tests {
             batch: "b".into(),
             duration_us: 5,
             finished_at: 7,
+            reply: None,
         };
         assert_eq!(r.detail_field(), "output");
         r.status = Status::Error;
@@ -253,15 +280,18 @@ mod tests {
             batch: batch.into(),
             duration_us: 3,
             finished_at: 9,
+            reply: None,
         }
     }
 
     #[test]
     fn a_result_write_lays_out_keys_and_args_in_the_scripts_order() {
-        let records = [
-            record("a", "b1", Status::Ok),
-            record("z", "b1", Status::Error),
-        ];
+        let mut replied = record("z", "b1", Status::Error);
+        replied.reply = Some(Reply {
+            to: "q".into(),
+            correlation_id: Some("c".into()),
+        });
+        let records = [record("a", "b1", Status::Ok), replied];
         let call = ResultWrite::new(&Keys::new("p"), "b1", &records, 60, 1000);
         assert_eq!(
             call.keys,
@@ -276,9 +306,19 @@ mod tests {
         assert_eq!(call.args.len(), 3 + 2 * ARGS_PER_RESULT);
         assert_eq!(call.args[..3], ["60", "1000", "b1"]);
         assert_eq!(
-            call.args[3 + ARGS_PER_RESULT..],
-            ["z", "error", "error", "d-z", "echo", "3", "9"]
+            call.args[3..3 + ARGS_PER_RESULT],
+            ["a", "ok", "output", "d-a", "echo", "3", "9", "", ""]
         );
+        assert_eq!(
+            call.args[3 + ARGS_PER_RESULT..],
+            ["z", "error", "error", "d-z", "echo", "3", "9", "q", "c"]
+        );
+    }
+
+    #[test]
+    fn the_script_strides_by_the_args_per_result() {
+        let stride = format!("(i - 1) * {ARGS_PER_RESULT}");
+        assert!(WRITE_RESULTS_LUA.contains(&stride), "{stride}");
     }
 
     #[test]

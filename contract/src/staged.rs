@@ -15,6 +15,12 @@ pub struct StagedMessage {
     /// The id the dispatcher assigned (UUID v7), used when no other id is given.
     #[serde(rename = "fid")]
     pub fallback_id: String,
+    /// The AMQP `reply_to` property: where its result is published once written.
+    #[serde(rename = "rt", default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// The AMQP `correlation_id` property, handed back with the reply.
+    #[serde(rename = "cid", default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
     /// Set when the body was over `MAX_MESSAGE_BYTES` and was not staged: its size in bytes.
     #[serde(rename = "dropped", default, skip_serializing_if = "Option::is_none")]
     pub dropped_size: Option<usize>,
@@ -52,6 +58,17 @@ impl StagedMessage {
         Ok(message)
     }
 
+    /// Where its result is to be replied, if anywhere.
+    pub fn reply(&self) -> Option<crate::record::Reply> {
+        self.reply_to
+            .as_ref()
+            .filter(|to| !to.is_empty())
+            .map(|to| crate::record::Reply {
+                to: to.clone(),
+                correlation_id: self.correlation_id.clone(),
+            })
+    }
+
     /// The id this message's result is keyed by.
     pub fn resolve_id<'a>(&'a self, envelope_id: Option<&'a str>) -> &'a str {
         crate::envelope::resolve_id(self.message_id.as_deref(), envelope_id, &self.fallback_id)
@@ -67,10 +84,18 @@ mod tests {
         let m = StagedMessage {
             message_id: Some("m\n1".into()),
             fallback_id: "f".into(),
+            reply_to: Some("amq.rabbitmq.reply-to.g1h2".into()),
+            correlation_id: Some("c-1".into()),
             dropped_size: None,
             body: b"\xff\n{\"a\":1}\n".to_vec(),
         };
         assert_eq!(StagedMessage::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn frames_without_reply_fields_still_decode() {
+        let m = StagedMessage::decode(b"{\"fid\":\"f\"}\nbody").unwrap();
+        assert_eq!((m.reply(), m.body.as_slice()), (None, &b"body"[..]));
     }
 
     #[test]

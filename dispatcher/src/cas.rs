@@ -13,7 +13,7 @@
 //! its checks. Lua scripts run atomically, so a crash leaves all of a step or none of it.
 //! sluice uses one Redis (not Redis Cluster), so a step may touch any of its keys.
 
-use sluice_contract::record::WRITE_RESULTS_BODY;
+use sluice_contract::record::{ARGS_PER_RESULT, WRITE_RESULTS_BODY};
 use std::sync::LazyLock;
 
 /// The checks, then the commands; shared by both scripts. `base` is the ARGV index before the
@@ -43,7 +43,7 @@ static STEP: LazyLock<redis::Script> = LazyLock::new(|| {
 /// follow them.
 static STEP_WITH_RESULTS: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
-        "local batch, base = KEYS[3], 3 + (#KEYS - 3) * 7\n{CHECK_AND_RUN}\n{WRITE_RESULTS_BODY}\nreturn 1\n"
+        "local batch, base = KEYS[3], 3 + (#KEYS - 3) * {ARGS_PER_RESULT}\n{CHECK_AND_RUN}\n{WRITE_RESULTS_BODY}\nreturn 1\n"
     ))
 });
 

@@ -61,6 +61,8 @@ impl Pending {
                 .as_ref()
                 .map(|id| id.as_str().to_owned()),
             fallback_id: uuid::Uuid::now_v7().to_string(),
+            reply_to: property(delivery.properties.reply_to().as_ref()),
+            correlation_id: property(delivery.properties.correlation_id().as_ref()),
             dropped_size: oversized.then_some(size),
             body: if oversized { Vec::new() } else { delivery.data },
         };
@@ -210,6 +212,11 @@ impl Consumer {
             tracing::debug!(error = %e, "closing the rabbitmq connection");
         }
     }
+}
+
+/// A short-string property as text, if set.
+fn property(value: Option<&lapin::types::ShortString>) -> Option<String> {
+    value.map(|v| v.as_str().to_owned())
 }
 
 #[cfg(test)]

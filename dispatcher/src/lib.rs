@@ -24,6 +24,8 @@
 //!   back and probes with one Job at a time until runners work again.
 //! - [`memory`]: Redis's memory watched: a full Redis holds launches and consumption back
 //!   behind the breaker until it has room, and a rate that would outgrow it is warned of.
+//! - [`reply`]: a result whose message had `reply_to` is published there (RabbitMQ's RPC
+//!   pattern), read from the results stream by every dispatcher in one consumer group.
 //! - [`release`]: pausing or stopping holds nothing: the deliveries held are parked in Redis
 //!   and acked, never returned to the broker.
 //! - [`serve`]: the consume loop tying these together, graceful shutdown.
@@ -54,6 +56,7 @@ pub mod reason;
 pub mod reconcile;
 pub mod redrive;
 pub mod release;
+pub mod reply;
 pub mod retry;
 pub mod serve;
 pub mod settle;

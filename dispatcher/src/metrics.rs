@@ -59,6 +59,9 @@ pub struct Metrics {
     /// Bytes results need at the observed rate once the first expire (the largest value when
     /// they are kept for ever).
     pub redis_results_need: Gauge,
+    /// Results published to their message's `reply_to`, by outcome (`sent`, `unroutable`:
+    /// no such queue any more, `failed`: the broker did not take it, tried again).
+    pub replies: Family<Labels, Counter>,
     health: Arc<Health>,
 }
 
@@ -85,6 +88,7 @@ impl Metrics {
             redis_max_memory: Gauge::default(),
             redis_full: Gauge::default(),
             redis_results_need: Gauge::default(),
+            replies: Family::default(),
             health: Arc::default(),
             registry: Registry::default(),
         };
@@ -147,6 +151,11 @@ impl Metrics {
             m.parked.clone(),
         );
         m.register_redis_memory(&mut registry);
+        registry.register(
+            "replies",
+            "Results published to their message's reply_to, by outcome (sent, unroutable, failed)",
+            m.replies.clone(),
+        );
         m.runner_healthy.set(1);
         m.redis_up.set(1);
         Self { registry, ..m }
@@ -174,6 +183,13 @@ impl Metrics {
             "Redis memory results need at the rate observed now once the first expire (RESULT_TTL_SECONDS); more than maxmemory means Redis will be full",
             self.redis_results_need.clone(),
         );
+    }
+
+    /// Counts `n` replies that ended with `outcome`.
+    pub fn replied(&self, outcome: &'static str, n: u64) {
+        self.replies
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc_by(n);
     }
 
     /// Counts an error of `kind`.

@@ -20,7 +20,7 @@ use crate::reconcile::{Fresh, Reconciler, lease};
 use crate::release::release;
 use crate::sizer::{BatchMode, Sizer};
 use crate::stage::Stager;
-use crate::{health, launcher, memory};
+use crate::{health, launcher, memory, reply};
 use futures::StreamExt;
 use sluice_contract::Keys;
 use sluice_contract::retry::Policy;
@@ -107,6 +107,12 @@ pub async fn run(
         stager.clone(),
         reconciler.clone(),
         Arc::clone(&config),
+        Arc::clone(&metrics),
+        stop_lease.clone(),
+    ));
+    background.spawn(reply::serve(
+        Arc::clone(&config),
+        me.clone(),
         Arc::clone(&metrics),
         stop_lease.clone(),
     ));

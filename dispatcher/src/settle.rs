@@ -324,6 +324,7 @@ async fn dead_letter(
         batch: view.id.clone(),
         duration_us: 0,
         finished_at: unix_millis(),
+        reply: message.message.reply(),
     }];
     let results = ResultWrite::new(
         stager.keys(),

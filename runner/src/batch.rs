@@ -7,6 +7,7 @@
 use crate::error::{Error, Result};
 use crate::store::Store;
 use serde_json::Value;
+use sluice_contract::record::Reply;
 use sluice_contract::{Envelope, EnvelopeError, Keys, RunnerEnv, StagedMessage};
 use std::collections::HashSet;
 
@@ -19,6 +20,8 @@ pub struct Task {
     pub kernel: String,
     /// The kernel's input, or the reason the message is invalid.
     pub work: Result<Value, String>,
+    /// Where its result is replied (its `reply_to`), if anywhere.
+    pub reply: Option<Reply>,
 }
 
 /// What a batch's frames became.
@@ -74,7 +77,7 @@ fn task_for(message: &StagedMessage, env: &RunnerEnv) -> Task {
             size,
             limit: env.max_message_bytes,
         };
-        return invalid(message.resolve_id(hint.as_deref()), &reason);
+        return invalid(message, hint.as_deref(), &reason);
     }
     match Envelope::decode(&message.body, env.max_message_bytes) {
         Ok(envelope) => Task {
@@ -83,19 +86,21 @@ fn task_for(message: &StagedMessage, env: &RunnerEnv) -> Task {
                 .kernel
                 .unwrap_or_else(|| env.default_kernel.clone()),
             work: Ok(envelope.input),
+            reply: message.reply(),
         },
         Err(e) => {
             let hint = Envelope::id_hint(&message.body);
-            invalid(message.resolve_id(hint.as_deref()), &e)
+            invalid(message, hint.as_deref(), &e)
         }
     }
 }
 
-fn invalid(id: &str, reason: &EnvelopeError) -> Task {
+fn invalid(message: &StagedMessage, hint: Option<&str>, reason: &EnvelopeError) -> Task {
     Task {
-        id: id.to_owned(),
+        id: message.resolve_id(hint).to_owned(),
         kernel: String::new(),
         work: Err(reason.to_string()),
+        reply: message.reply(),
     }
 }
 
@@ -141,6 +146,8 @@ mod tests {
         StagedMessage {
             message_id: mid.map(str::to_owned),
             fallback_id: fid.into(),
+            reply_to: None,
+            correlation_id: None,
             dropped_size: None,
             body: body.to_vec(),
         }
@@ -163,7 +170,8 @@ mod tests {
             Task {
                 id: "a".into(),
                 kernel: "echo".into(),
-                work: Ok(json!(1))
+                work: Ok(json!(1)),
+                reply: None,
             }
         );
         assert_eq!(plan.tasks[1].id, "f3");

@@ -116,6 +116,7 @@ fn run_with(
         batch: batch.to_owned(),
         duration_us: started.elapsed().as_micros() as u64,
         finished_at: unix_millis(),
+        reply: task.reply,
     })
 }
 
@@ -137,6 +138,7 @@ mod tests {
             id: "x".into(),
             kernel: kernel.into(),
             work: Ok(input),
+            reply: None,
         }
     }
 
@@ -215,6 +217,7 @@ mod tests {
             id: "x".into(),
             kernel: String::new(),
             work: Err("empty message body".into()),
+            reply: None,
         };
         let r = run(t, false);
         assert_eq!(

@@ -154,6 +154,7 @@ impl TestEnv {
                 batch: batch.into(),
                 duration_us: 0,
                 finished_at: unix_millis(),
+                reply: None,
             })
             .collect();
         let call = ResultWrite::new(&keys, batch, &records, 0, 10_000);

@@ -43,6 +43,8 @@ fn frame(id: &str, body: &str) -> Vec<u8> {
     StagedMessage {
         message_id: Some(id.into()),
         fallback_id: format!("f-{id}"),
+        reply_to: None,
+        correlation_id: None,
         dropped_size: None,
         body: body.as_bytes().to_vec(),
     }

@@ -233,6 +233,8 @@ async fn a_runner_that_starts_while_redis_is_down_waits_for_it() {
             StagedMessage {
                 message_id: Some(id.clone()),
                 fallback_id: format!("f-{id}"),
+                reply_to: None,
+                correlation_id: None,
                 dropped_size: None,
                 body,
             }

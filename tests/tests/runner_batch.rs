@@ -11,6 +11,8 @@ fn frame(id: &str, body: &[u8]) -> Vec<u8> {
     StagedMessage {
         message_id: Some(id.into()),
         fallback_id: format!("f-{id}"),
+        reply_to: None,
+        correlation_id: None,
         dropped_size: None,
         body: body.to_vec(),
     }

@@ -131,6 +131,58 @@ async fn the_pool_managers_python_function_runs_unchanged_as_an_exec_kernel() {
     env.cleanup().await.unwrap();
 }
 
+/// RabbitMQ's tutorial six, unchanged but for the queue: `examples/python/rpc_client.py`
+/// publishes plain text with `reply_to` and waits for its replies, over direct reply-to and over
+/// a named queue; each reply is the Redis result of its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tutorial_six_rpc_client_gets_each_result_as_its_reply() {
+    require_binaries().unwrap();
+    let env = TestEnv::new("python-rpc").await.unwrap();
+    env.publish(&[]).await.unwrap(); // the queue, as the dispatcher would declare it
+    let table = repo("examples/python/kernels.toml").display().to_string();
+    let settings = [
+        ("KERNELS_FILE", table.as_str()),
+        ("DEFAULT_KERNEL", "seed"),
+        ("BATCH_LINGER_MS", "100"),
+    ];
+    let config = env.config(&settings).unwrap();
+    let stop = CancellationToken::new();
+    let dispatcher = spawn_dispatcher(config, stop.clone());
+    let bodies: Vec<String> = (1..=6).map(|i| format!("data-{i}")).collect();
+    let expected = expected_by_python(&bodies);
+    for how in [&[][..], &["--named"][..]] {
+        let client = tokio::process::Command::new("python3")
+            .arg(repo("examples/python/rpc_client.py"))
+            .args([env.queue.as_str(), "6"])
+            .args(how)
+            .env("AMQP_URL", &env.amqp_url)
+            .output()
+            .await
+            .unwrap();
+        assert!(client.status.success(), "{how:?}: {client:?}");
+        let lines: Vec<Value> = String::from_utf8_lossy(&client.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 6, "{how:?}: one reply per request");
+        for (line, want) in lines.iter().zip(&expected) {
+            let reply = &line["reply"];
+            let result = env.result(reply["id"].as_str().unwrap()).await.unwrap();
+            assert_eq!(reply["status"], "ok", "{how:?}: {line}");
+            assert_eq!(reply["kernel"], "seed");
+            assert_eq!(reply["output"], *want, "{how:?}: in publish order");
+            assert_eq!(
+                result["output"],
+                want.to_string(),
+                "the reply is the result"
+            );
+        }
+    }
+    stop.cancel();
+    dispatcher.await.unwrap().unwrap();
+    env.cleanup().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_dispatcher_refuses_to_start_with_a_kernel_table_its_runners_would_refuse() {
     let env = TestEnv::new("bad-table").await.unwrap();

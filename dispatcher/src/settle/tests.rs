@@ -7,6 +7,8 @@ fn message(id: &str) -> Unfinished {
         message: StagedMessage {
             message_id: Some(id.to_owned()),
             fallback_id: format!("f-{id}"),
+            reply_to: None,
+            correlation_id: None,
             dropped_size: None,
             body: id.as_bytes().to_vec(),
         },
