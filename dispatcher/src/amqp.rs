@@ -1,6 +1,6 @@
 //! RabbitMQ helpers shared by the consumer and the `publish`, `redrive` and `status` commands
 //! (and by producers in tests): connecting (over TLS for `amqps://`), finding or declaring the
-//! work queue, reading its depth.
+//! work queue, reading its depth, channels with publisher confirms.
 //!
 //! The queue is looked up passively first and used as it is: a queue the user created (a
 //! quorum queue, a dead-letter exchange, `x-max-length`) needs neither matching arguments nor
@@ -8,7 +8,7 @@
 
 use crate::config::broker::{Broker, queue_arguments};
 use crate::error::{Error, Result};
-use lapin::options::QueueDeclareOptions;
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
@@ -45,6 +45,17 @@ pub async fn connect(broker: &Broker, name: &str) -> Result<Connection> {
             host,
             Error::amqp("connecting to rabbitmq"),
         ))
+}
+
+/// A channel on `connection` with publisher confirms: every publish sluice makes (messages,
+/// dead letters, redriven messages, replies) waits for the broker's confirm.
+pub async fn confirming_channel(connection: &Connection) -> Result<Channel> {
+    let channel = open(connection).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(Error::amqp("enabling publisher confirms"))?;
+    Ok(channel)
 }
 
 /// The work queue's state: looked up passively, and declared (durable, with

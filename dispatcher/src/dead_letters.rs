@@ -14,7 +14,7 @@
 use crate::amqp;
 use crate::config::broker::{Broker, DeadLetterRoute};
 use crate::error::{Error, Result};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use sluice_contract::dead;
@@ -89,14 +89,7 @@ async fn open(broker: &Broker, route: &DeadLetterRoute) -> Result<(Connection, C
     if route.declares_queue() {
         ensure_queue(&connection, &route.queue).await?;
     }
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(Error::amqp("opening a channel"))?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(Error::amqp("enabling publisher confirms"))?;
+    let channel = amqp::confirming_channel(&connection).await?;
     Ok((connection, channel))
 }
 

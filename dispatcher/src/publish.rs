@@ -7,7 +7,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use indicatif::{ProgressBar, ProgressStyle};
 use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
@@ -37,14 +37,7 @@ pub async fn publish<R: AsyncBufRead + Unpin>(broker: &Broker, source: Source<R>
     let queue = broker.queue.as_str();
     let connection = connect(broker, "sluice-publish").await?;
     ensure_queue(&connection, broker).await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(Error::amqp("opening a channel"))?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(Error::amqp("enabling publisher confirms"))?;
+    let channel = crate::amqp::confirming_channel(&connection).await?;
     let progress = progress_bar(&source);
     let mut pending = FuturesUnordered::new();
     let mut published = 0;

@@ -22,7 +22,7 @@ use crate::amqp;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Connection};
 use redis::AsyncCommands;
@@ -300,14 +300,7 @@ impl Replier {
 
 async fn open(config: &Config) -> Result<(Connection, Channel)> {
     let connection = amqp::connect(&config.broker, "sluice-replies").await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(Error::amqp("opening a channel"))?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(Error::amqp("enabling publisher confirms"))?;
+    let channel = amqp::confirming_channel(&connection).await?;
     Ok((connection, channel))
 }
 

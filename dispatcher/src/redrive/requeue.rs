@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use indicatif::ProgressBar;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 /// A message going back on the work queue.
@@ -30,14 +30,7 @@ impl Requeue {
     pub async fn connect(config: &Config) -> Result<Self> {
         let connection = amqp_connect(&config.broker, "sluice-redrive").await?;
         ensure_queue(&connection, &config.broker).await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(Error::amqp("opening a channel"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(Error::amqp("enabling publisher confirms"))?;
+        let channel = crate::amqp::confirming_channel(&connection).await?;
         Ok(Self {
             connection,
             channel,
