@@ -59,32 +59,85 @@ pub async fn confirming_channel(connection: &Connection) -> Result<Channel> {
 }
 
 /// The work queue's state: looked up passively, and declared (durable, with
-/// `QUEUE_ARGUMENTS`) only when it does not exist. Uses channels of its own, as a failed
-/// passive declare closes the channel it was made on.
+/// `QUEUE_ARGUMENTS`) only when it does not exist.
 pub async fn ensure_queue(connection: &Connection, broker: &Broker) -> Result<lapin::Queue> {
+    ensure_named(connection, &broker.queue, || {
+        queue_arguments(broker.queue_arguments.as_deref()).map_err(Error::InvalidConfig)
+    })
+    .await
+}
+
+/// `queue`'s state: looked up passively, and declared durable with `arguments` only when it
+/// does not exist. Uses channels of its own, as a failed passive declare closes the channel it
+/// was made on.
+pub async fn ensure_named(
+    connection: &Connection,
+    queue: &str,
+    arguments: impl FnOnce() -> Result<FieldTable>,
+) -> Result<lapin::Queue> {
     let channel = open(connection).await?;
-    match inspect_queue(&channel, &broker.queue).await {
-        Ok(queue) => {
+    match inspect_queue(&channel, queue).await {
+        Ok(state) => {
             close(channel).await;
-            return Ok(queue);
+            return Ok(state);
         }
         Err(e) if !is_not_found(&e) => return Err(e),
         Err(_) => {}
     }
     let channel = open(connection).await?;
-    let arguments =
-        queue_arguments(broker.queue_arguments.as_deref()).map_err(Error::InvalidConfig)?;
-    let queue = channel
-        .queue_declare(
-            broker.queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            arguments,
-        )
+    let state = channel
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments()?)
         .await
         .map_err(Error::amqp("declaring the queue"))?;
-    tracing::info!(queue = %broker.queue, "declared the queue, which did not exist");
+    tracing::info!(%queue, "declared the queue, which did not exist");
     close(channel).await;
-    Ok(queue)
+    Ok(state)
+}
+
+/// A connection and a channel on it with publisher confirms, for a publisher that outlives
+/// broker outages: opened when first needed, and again once the channel has closed or
+/// [`Confirming::reset`] dropped it after a failed publish.
+pub struct Confirming {
+    broker: Broker,
+    name: &'static str,
+    /// A queue looked up, or declared durable when missing, on every new connection.
+    ensure: Option<String>,
+    session: Option<(Connection, Channel)>,
+}
+
+impl Confirming {
+    /// A session named `name` (as RabbitMQ lists it); `ensure` as above.
+    pub fn new(broker: &Broker, name: &'static str, ensure: Option<String>) -> Self {
+        Self {
+            broker: broker.clone(),
+            name,
+            ensure,
+            session: None,
+        }
+    }
+
+    /// The open channel, or a new one on a new connection.
+    pub async fn channel(&mut self) -> Result<Channel> {
+        if let Some((_, channel)) = &self.session
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let connection = connect(&self.broker, self.name).await?;
+        if let Some(queue) = &self.ensure {
+            ensure_named(&connection, queue, || Ok(FieldTable::default())).await?;
+        }
+        let channel = confirming_channel(&connection).await?;
+        self.session = Some((connection, channel.clone()));
+        Ok(channel)
+    }
+
+    /// Closes the session after a failure: the next [`Confirming::channel`] opens a new one.
+    pub async fn reset(&mut self, why: &str) {
+        if let Some((connection, _)) = self.session.take() {
+            let _ = connection.close(200, why.into()).await;
+        }
+    }
 }
 
 /// Reads a queue's state (ready messages, consumers) with a passive declare: one round trip,

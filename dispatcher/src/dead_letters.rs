@@ -11,10 +11,10 @@
 //! (down, the exchange routes it nowhere) fails the settle, which is tried again at the next
 //! pass: nothing is marked dead without its message kept.
 
-use crate::amqp;
+use crate::amqp::{self, Confirming};
 use crate::config::broker::{Broker, DeadLetterRoute};
 use crate::error::{Error, Result};
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use sluice_contract::dead;
@@ -40,19 +40,24 @@ pub struct DeadLetter<'a> {
 /// Publishes dead letters over a connection of its own, opened when first needed and again
 /// after a failure.
 pub struct DeadLetters {
-    broker: Broker,
     /// Checked at start-up with the rest of the configuration.
     route: std::result::Result<DeadLetterRoute, String>,
-    session: Mutex<Option<(Connection, Channel)>>,
+    session: Mutex<Confirming>,
 }
 
 impl DeadLetters {
-    /// A publisher for the configured route; connects on first use.
+    /// A publisher for the configured route; connects on first use (declaring the queue when
+    /// it publishes straight to it).
     pub fn new(broker: &Broker) -> Self {
+        let route = broker.dead_letter_route();
+        let ensure = route
+            .as_ref()
+            .ok()
+            .filter(|r| r.declares_queue())
+            .map(|r| r.queue.clone());
         Self {
-            broker: broker.clone(),
-            route: broker.dead_letter_route(),
-            session: Mutex::new(None),
+            route,
+            session: Mutex::new(Confirming::new(broker, "sluice-dead-letters", ensure)),
         }
     }
 
@@ -63,61 +68,20 @@ impl DeadLetters {
             .as_ref()
             .map_err(|e| Error::InvalidConfig(e.clone()))?;
         let mut session = self.session.lock().await;
-        let channel = match session.as_ref() {
-            Some((_, channel)) if channel.status().connected() => channel.clone(),
-            _ => {
-                let opened = open(&self.broker, route).await?;
-                let channel = opened.1.clone();
-                *session = Some(opened);
-                channel
-            }
-        };
+        let channel = session.channel().await?;
         let published = publish(&channel, route, letter).await;
-        if published.is_err()
-            && let Some((connection, _)) = session.take()
-        {
-            let _ = connection
-                .close(200, "dead-letter publish failed".into())
-                .await;
+        if published.is_err() {
+            session.reset("dead-letter publish failed").await;
         }
         published
     }
 }
 
-async fn open(broker: &Broker, route: &DeadLetterRoute) -> Result<(Connection, Channel)> {
-    let connection = amqp::connect(broker, "sluice-dead-letters").await?;
-    if route.declares_queue() {
-        ensure_queue(&connection, &route.queue).await?;
-    }
-    let channel = amqp::confirming_channel(&connection).await?;
-    Ok((connection, channel))
-}
-
 /// The dead-letter queue, looked up passively and declared durable only when missing.
 pub async fn ensure_queue(connection: &Connection, queue: &str) -> Result<()> {
-    let channel = connection
-        .create_channel()
+    amqp::ensure_named(connection, queue, || Ok(FieldTable::default()))
         .await
-        .map_err(Error::amqp("opening a channel"))?;
-    if amqp::inspect_queue(&channel, queue).await.is_ok() {
-        let _ = channel.close(200, "done".into()).await;
-        return Ok(());
-    }
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(Error::amqp("opening a channel"))?;
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(Error::amqp("declaring the dead-letter queue"))?;
-    tracing::info!(%queue, "declared the dead-letter queue, which did not exist");
-    let _ = channel.close(200, "done".into()).await;
-    Ok(())
+        .map(drop)
 }
 
 /// Persistent and mandatory (a dead letter routed nowhere comes back as an error).

@@ -18,18 +18,19 @@
 //! comes back (mandatory) and is counted as `unroutable`, not retried; one to a direct reply-to
 //! requester that is gone is dropped by the broker.
 
-use crate::amqp;
+use crate::amqp::Confirming;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Connection};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
 use serde_json::{Value, json};
 use sluice_contract::Keys;
+use sluice_contract::retry::Policy;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +42,9 @@ pub const GROUP: &str = "sluice-replies";
 pub const CLAIM_IDLE: Duration = Duration::from_secs(60);
 /// The prefix of direct reply-to's routing keys.
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// Delays between attempts while Redis or the broker is unreachable: 200 ms doubling to 10 s,
+/// plus jitter, for as long as it lasts.
+const RETRY: Policy = Policy::new(Duration::from_millis(200), Duration::from_secs(10), None);
 /// Entries read per call.
 const COUNT: usize = 256;
 /// How long a read waits for new entries.
@@ -63,25 +67,23 @@ pub async fn serve(
 ) {
     let keys = Keys::new(&config.redis.key_prefix);
     let mut replier = Replier {
+        amqp: Confirming::new(&config.broker, "sluice-replies", None),
         config,
         keys,
         me,
         metrics,
-        amqp: None,
     };
-    let mut delay = Duration::from_millis(200);
+    let mut delays = RETRY.backoff();
     while !stop.is_cancelled() {
-        match replier.session(&stop).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "replies wait: cannot read the results stream");
-            }
-        }
+        let Err(e) = replier.session(&stop).await else {
+            return;
+        };
+        let delay = delays.next_delay().unwrap_or(RETRY.max_delay());
+        tracing::warn!(error = %e, retry_in = ?delay, "replies wait: cannot read the results stream");
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -90,7 +92,7 @@ struct Replier {
     keys: Keys,
     me: String,
     metrics: Arc<Metrics>,
-    amqp: Option<(Connection, Channel)>,
+    amqp: Confirming,
 }
 
 impl Replier {
@@ -180,21 +182,19 @@ impl Replier {
     ) -> Result<()> {
         let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         let pending = self.pending(con, entries).await?;
-        let mut delay = Duration::from_millis(100);
+        let mut delays = RETRY.backoff();
         while !pending.is_empty() {
-            match self.publish(&pending).await {
-                Ok(()) => break,
-                Err(e) => {
-                    self.metrics.replied("failed", pending.len() as u64);
-                    tracing::warn!(error = %e, replies = pending.len(), retry_in = ?delay, "replies not published yet; results are in redis");
-                    self.amqp = None;
-                    tokio::select! {
-                        // Not acked: the next dispatcher to claim them replies.
-                        () = stop.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
+            let Err(e) = self.publish(&pending).await else {
+                break;
+            };
+            self.metrics.replied("failed", pending.len() as u64);
+            let delay = delays.next_delay().unwrap_or(RETRY.max_delay());
+            tracing::warn!(error = %e, replies = pending.len(), retry_in = ?delay, "replies not published yet; results are in redis");
+            self.amqp.reset("reply publish failed").await;
+            tokio::select! {
+                // Not acked: the next dispatcher to claim them replies.
+                () = stop.cancelled() => return Ok(()),
+                () = tokio::time::sleep(delay) => {}
             }
         }
         if !ids.is_empty() {
@@ -245,15 +245,7 @@ impl Replier {
     }
 
     async fn publish(&mut self, replies: &[Pending]) -> Result<()> {
-        let channel = match &self.amqp {
-            Some((_, channel)) if channel.status().connected() => channel.clone(),
-            _ => {
-                let opened = open(&self.config).await?;
-                let channel = opened.1.clone();
-                self.amqp = Some(opened);
-                channel
-            }
-        };
+        let channel = self.amqp.channel().await?;
         let mut confirms = Vec::with_capacity(replies.len());
         for reply in replies {
             // Direct reply-to routes to a channel, not a queue: RabbitMQ (3.10 here) returns a
@@ -296,12 +288,6 @@ impl Replier {
         self.metrics.replied("unroutable", unroutable);
         Ok(())
     }
-}
-
-async fn open(config: &Config) -> Result<(Connection, Channel)> {
-    let connection = amqp::connect(&config.broker, "sluice-replies").await?;
-    let channel = amqp::confirming_channel(&connection).await?;
-    Ok((connection, channel))
 }
 
 fn properties(reply: &Pending) -> BasicProperties {

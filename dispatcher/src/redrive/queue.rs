@@ -9,6 +9,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, BasicProperties, Channel, Connection};
 use sluice_contract::dead;
+use std::collections::HashMap;
 
 /// One message in the dead-letter queue.
 pub struct Copy {
@@ -31,8 +32,11 @@ pub struct Copy {
 pub struct DeadQueue {
     /// The queue's name.
     pub name: String,
-    /// Every copy it held when the run began (none if the queue does not exist).
+    /// Every copy it held when the run began (none if the queue does not exist), oldest first.
     pub copies: Vec<Copy>,
+    /// Where in `copies` each dead letter's copies are, by `(id, batch)`: a redrive looks a
+    /// letter up several times, and the queue may hold thousands.
+    by_letter: HashMap<(String, String), Vec<usize>>,
     session: Option<(Connection, Channel)>,
 }
 
@@ -51,6 +55,7 @@ impl DeadQueue {
             return Ok(Self {
                 name: route.queue,
                 copies: Vec::new(),
+                by_letter: HashMap::new(),
                 session: None,
             });
         };
@@ -66,18 +71,26 @@ impl DeadQueue {
             let Some(message) = got else { break };
             copies.push(copy(message.delivery));
         }
+        let mut by_letter: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (at, copy) in copies.iter().enumerate() {
+            let letter = (copy.id.clone(), copy.batch.clone());
+            by_letter.entry(letter).or_default().push(at);
+        }
         Ok(Self {
             name: route.queue,
             copies,
+            by_letter,
             session: Some((connection, channel)),
         })
     }
 
     /// The copies of the dead letter of message `id` that died in `batch`.
-    pub fn of<'a>(&'a self, id: &'a str, batch: &'a str) -> impl Iterator<Item = &'a Copy> {
-        self.copies
-            .iter()
-            .filter(move |c| c.batch == batch && c.id == id)
+    pub fn of<'a>(&'a self, id: &str, batch: &str) -> impl Iterator<Item = &'a Copy> {
+        self.by_letter
+            .get(&(id.to_owned(), batch.to_owned()))
+            .into_iter()
+            .flatten()
+            .map(|&at| &self.copies[at])
     }
 
     /// Acks (removes from the queue) every copy of each `(id, batch)`.
